@@ -1,1 +1,30 @@
-//! stub
+//! The gRPC-to-AMQP gateway: `gateway.v1.Gateway/Process` as a RabbitMQ
+//! request/reply round trip.
+//!
+//! # Layout
+//!
+//! A call travels through these files, in order:
+//!
+//! - [`server`]: assembly. The listener, [`deadline::DeadlineLayer`] (the
+//!   call's deadline from `grpc-timeout`), [`limit::InFlightLimitLayer`] (load
+//!   shedding), health and reflection, graceful shutdown.
+//! - [`service`]: `Process` itself, where a request enters, is validated
+//!   ([`validate`]) and its outcome is decided.
+//! - [`amqp`]: where it is published and where its reply is matched (the
+//!   session, its channels, the pending table, reconnection).
+//! - [`error`]: every failure, and the one mapping to a gRPC status.
+//! - [`config`]: flags and environment, checked once at start-up.
+//!
+//! The wire formats both sides share live in the `amqp-gateway` crate.
+
+pub mod amqp;
+pub mod config;
+pub mod deadline;
+pub mod error;
+pub mod limit;
+pub mod server;
+pub mod service;
+pub mod validate;
+
+pub use config::{Args, Config};
+pub use server::{Running, ServeError, spawn};

@@ -1,0 +1,348 @@
+//! The AMQP request/reply client: where a call is published and its reply
+//! awaited.
+//!
+//! - [`AmqpClient::call`] publishes one request (mandatory, under publisher
+//!   confirms, with the contract's properties and headers) and waits for the
+//!   reply matched by correlation id.
+//! - `session`: the connection, its publisher channels and the reply tasks.
+//! - `pending`: the table of calls waiting for replies.
+//! - `supervise` (below): keeps one session alive, reconnecting with capped,
+//!   jittered exponential backoff, and publishes whether the broker is
+//!   reachable for health checks.
+//!
+//! One connection per process, a few long-lived channels: nothing is opened
+//! per call.
+
+mod pending;
+mod session;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use amqp_gateway::wire;
+use bytes::Bytes;
+use lapin::{
+    BasicProperties, Confirmation, PublisherConfirm,
+    options::BasicPublishOptions,
+    types::{FieldTable, ShortString},
+};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use self::session::{DIRECT_REPLY_TO, Session};
+use crate::{config::AmqpConfig, deadline::Deadline};
+
+/// Why a call got no reply from a worker.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No broker connection right now.
+    #[error("broker connection is down")]
+    NotConnected,
+    /// The connection or channel failed while the call waited.
+    #[error("broker connection lost before the reply arrived")]
+    ConnectionLost,
+    /// The broker returned the message: no queue is bound to the route.
+    #[error("no queue is bound to route {route:?}")]
+    Unroutable {
+        /// The route.
+        route: String,
+    },
+    /// The broker nacked the publish.
+    #[error("broker refused the request")]
+    Nacked,
+    /// The publish itself failed.
+    #[error("publish failed: {0}")]
+    Publish(Arc<lapin::Error>),
+}
+
+/// A worker's reply, as it came off the wire.
+#[derive(Debug)]
+pub struct Reply {
+    /// Body.
+    pub payload: Vec<u8>,
+    /// `content_type` property.
+    pub content_type: Option<String>,
+    /// AMQP headers, including the status headers.
+    pub headers: Option<FieldTable>,
+}
+
+/// One request to publish.
+#[derive(Debug)]
+pub struct Call {
+    /// Correlation id and message id of the request.
+    pub correlation_id: Uuid,
+    /// Routing key (an allow-listed route).
+    pub route: String,
+    /// Body.
+    pub payload: Bytes,
+    /// MIME type; empty leaves the property unset.
+    pub content_type: String,
+    /// Caller headers, already validated.
+    pub headers: HashMap<String, String>,
+    /// When the call must be answered by.
+    pub deadline: Deadline,
+}
+
+/// Counters of events that are not errors of any one call.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Replies whose call had already ended (deadline, cancellation) or that
+    /// matched no call.
+    pub unknown_replies: AtomicU64,
+    /// Publishes returned by the broker as unroutable.
+    pub unroutable: AtomicU64,
+    /// Publishes nacked by the broker.
+    pub nacks: AtomicU64,
+    /// Sessions re-established after a loss.
+    pub reconnects: AtomicU64,
+}
+
+/// Handle to the gateway's broker session; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AmqpClient {
+    session: watch::Receiver<Option<Arc<Session>>>,
+    connected: watch::Receiver<bool>,
+    exchange: ShortString,
+    stats: Arc<Stats>,
+}
+
+impl AmqpClient {
+    /// Starts the supervisor that connects to the broker and keeps the
+    /// connection alive until `shutdown` is cancelled. Calls fail with
+    /// [`CallError::NotConnected`] until the first connection is up.
+    pub fn start(config: AmqpConfig, shutdown: CancellationToken, tracker: &TaskTracker) -> Self {
+        let (session_tx, session) = watch::channel(None);
+        let (connected_tx, connected) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let exchange = ShortString::from(config.exchange.clone());
+        let current = Current { session: session_tx, connected: connected_tx };
+        let supervisor = supervise(config, current, stats.clone(), shutdown, tracker.clone());
+        tracker.spawn(supervisor.instrument(tracing::info_span!("amqp")));
+        Self { session, connected, exchange, stats }
+    }
+
+    /// Publishes `call` and waits for its reply. The caller bounds the wait
+    /// with the call's deadline; dropping the future removes the pending entry.
+    pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        let session = self.session.borrow().clone().filter(|s| !s.is_lost()).ok_or(CallError::NotConnected)?;
+        let slot = session.slot();
+        let (_guard, reply) = slot.pending.insert(call.correlation_id);
+
+        let id = ShortString::from(call.correlation_id.hyphenated().to_string());
+        let properties = request_properties(&call, id.clone());
+        let confirm = slot
+            .channel
+            .basic_publish(
+                self.exchange.clone(),
+                call.route.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                &call.payload,
+                properties,
+            )
+            .await
+            .map_err(|e| CallError::Publish(Arc::new(e)))?;
+
+        match (ConfirmGuard(Some(confirm))).await {
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
+            Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
+                self.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+                // Attribute the return by its correlation id, not by which
+                // confirm it came with: confirms may be coalesced by the broker.
+                let returned_id = returned.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
+                if returned_id.as_deref() == Some(id.as_str()) {
+                    return Err(CallError::Unroutable { route: call.route });
+                }
+                let unroutable = CallError::Unroutable { route: returned.routing_key.to_string() };
+                if let Some(other) = returned_id.and_then(|s| Uuid::try_parse(&s).ok()) {
+                    slot.pending.complete(&other, Err(unroutable));
+                }
+            }
+            Ok(Confirmation::Nack(None)) => {
+                self.stats.nacks.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::Nacked);
+            }
+            Err(e) => return Err(CallError::Publish(Arc::new(e))),
+        }
+
+        // The sender is dropped only by `fail_all`, which sends first; a closed
+        // channel therefore means the session went away.
+        reply.await.unwrap_or(Err(CallError::ConnectionLost))
+    }
+
+    /// Whether a broker session is up.
+    pub fn is_connected(&self) -> bool {
+        self.session.borrow().as_ref().is_some_and(|s| !s.is_lost())
+    }
+
+    /// Follows whether a broker session is up, for health reporting.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
+    /// Calls waiting for a reply right now.
+    pub fn pending(&self) -> usize {
+        self.session.borrow().as_ref().map_or(0, |s| s.pending())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+fn request_properties(call: &Call, id: ShortString) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (name, value) in &call.headers {
+        headers.insert(name.as_str().into(), wire::long_string(value.as_str()));
+    }
+    headers.insert(wire::DEADLINE_HEADER.into(), wire::encode_deadline(call.deadline.wall_clock()));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let mut properties = BasicProperties::default()
+        .with_correlation_id(id.clone())
+        .with_message_id(id)
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_timestamp(now)
+        .with_expiration(wire::expiration(call.deadline.remaining()))
+        .with_headers(headers);
+    if !call.content_type.is_empty() {
+        properties = properties.with_content_type(call.content_type.as_str().into());
+    }
+    properties
+}
+
+/// Awaits a publisher confirm; if dropped first (the caller cancelled), hands
+/// the confirm to a task that awaits it. lapin keeps every confirm dropped
+/// unresolved until `wait_for_confirms` runs, which this gateway never calls,
+/// so dropping them would grow memory with every cancelled call.
+struct ConfirmGuard(Option<PublisherConfirm>);
+
+impl Future for ConfirmGuard {
+    type Output = lapin::Result<Confirmation>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(confirm) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        let result = Pin::new(confirm).poll(cx);
+        if result.is_ready() {
+            self.0 = None;
+        }
+        result
+    }
+}
+
+impl Drop for ConfirmGuard {
+    fn drop(&mut self) {
+        if let (Some(confirm), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                // The broker confirms in well under a second, or the channel
+                // fails and resolves the confirm with an error.
+                let _ = tokio::time::timeout(Duration::from_secs(60), confirm).await;
+            });
+        }
+    }
+}
+
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The delay before reconnect attempt `attempt` (0-based): exponential from
+/// 100 ms, capped at 5 s, with full jitter over its upper half so many
+/// gateways do not reconnect in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_INITIAL.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    ceiling.mul_f64(jitter)
+}
+
+/// Where the supervisor publishes the current session.
+struct Current {
+    session: watch::Sender<Option<Arc<Session>>>,
+    connected: watch::Sender<bool>,
+}
+
+impl Current {
+    fn set(&self, session: Option<Arc<Session>>) {
+        let up = session.is_some();
+        self.session.send_replace(session);
+        self.connected.send_if_modified(|c| std::mem::replace(c, up) != up);
+    }
+}
+
+/// Keeps one session alive until `shutdown`, then closes it.
+async fn supervise(
+    config: AmqpConfig,
+    current: Current,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut attempt = 0u32;
+    let mut connected_before = false;
+    loop {
+        let opened = tokio::select! {
+            opened = Session::open(&config, &stats, &tracker) => opened,
+            () = shutdown.cancelled() => break,
+        };
+        let session = match opened {
+            Ok(session) => session,
+            Err(error) => {
+                let delay = backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(%error, url = %config.url, retry_in = ?delay, "cannot connect to the broker");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue,
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        attempt = 0;
+        if connected_before {
+            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        connected_before = true;
+        tracing::info!(url = %config.url, channels = config.channels, "connected to the broker");
+        current.set(Some(session.clone()));
+
+        tokio::select! {
+            () = session.lost() => {
+                current.set(None);
+                let failed = session.fail();
+                tracing::warn!(failed, "broker session lost; reconnecting");
+            }
+            () = shutdown.cancelled() => {
+                current.set(None);
+                session.close().await;
+                return;
+            }
+        }
+    }
+    current.set(None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        for attempt in 0..40 {
+            let d = backoff(attempt);
+            let ceiling = BACKOFF_INITIAL.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(30) >= BACKOFF_MAX / 2);
+    }
+}

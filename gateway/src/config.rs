@@ -1,0 +1,312 @@
+//! Gateway configuration: command-line flags with environment fallbacks,
+//! checked once at start-up into a typed [`Config`].
+//!
+//! Nothing else in the crate reads the environment. [`Args::into_config`] is a
+//! pure function, so every rule here is tested without touching the process
+//! environment.
+
+use std::{collections::BTreeSet, fmt, net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use url::Url;
+
+/// Command-line flags of the `gateway` binary.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about = "gRPC-to-AMQP gateway: gateway.v1.Gateway/Process over RabbitMQ request/reply")]
+pub struct Args {
+    /// AMQP URL of the broker (the password is never logged).
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true, hide_default_value = true)]
+    pub amqp_url: String,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Exchange requests are published to ("" is the default exchange, where
+    /// the routing key is the queue name).
+    #[arg(long, env = "GATEWAY_EXCHANGE", default_value = "")]
+    pub exchange: String,
+
+    /// Allow-listed routes (routing keys), comma-separated.
+    #[arg(long, env = "GATEWAY_ROUTES", value_delimiter = ',', required = true)]
+    pub routes: Vec<String>,
+
+    /// Route used when a request leaves `route` empty; must be allow-listed.
+    #[arg(long, env = "GATEWAY_DEFAULT_ROUTE")]
+    pub default_route: Option<String>,
+
+    /// Deadline applied when the caller sends none.
+    #[arg(long, env = "GATEWAY_DEFAULT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub default_timeout: Duration,
+
+    /// Longest deadline the gateway honours; longer ones are capped.
+    #[arg(long, env = "GATEWAY_MAX_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_timeout: Duration,
+
+    /// Largest request payload, in bytes (RESOURCE_EXHAUSTED above it).
+    #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Most caller headers in one request.
+    #[arg(long, env = "GATEWAY_MAX_HEADERS", default_value_t = 32)]
+    pub max_headers: usize,
+
+    /// Largest caller header, name plus value, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES", default_value_t = 4096)]
+    pub max_header_bytes: usize,
+
+    /// Most `Process` calls in flight at once; more are shed with
+    /// RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+
+    /// AMQP channels used to publish requests (each with its own direct
+    /// reply-to consumer).
+    #[arg(long, env = "GATEWAY_CHANNELS", default_value_t = 2)]
+    pub channels: usize,
+
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: otel::LogFormat,
+}
+
+/// A configuration error, reported before anything starts.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The AMQP URL did not parse.
+    #[error("invalid AMQP URL {url}: {reason}")]
+    AmqpUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A route name is empty or too long for an AMQP routing key.
+    #[error("invalid route {0:?}: a route is 1 to 255 bytes")]
+    Route(String),
+    /// No route is allow-listed.
+    #[error("no routes configured: set --routes / GATEWAY_ROUTES")]
+    NoRoutes,
+    /// The default route is not on the allow-list.
+    #[error("default route {0:?} is not in the allow-list")]
+    DefaultRouteNotAllowed(String),
+    /// A limit that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// The default timeout exceeds the maximum.
+    #[error("default timeout ({default:?}) exceeds max timeout ({max:?})")]
+    Timeouts {
+        /// The default timeout.
+        default: Duration,
+        /// The maximum timeout.
+        max: Duration,
+    },
+}
+
+/// Validated gateway configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Broker connection settings.
+    pub amqp: AmqpConfig,
+    /// Address to listen on (the binary binds it; tests pass their own listener).
+    pub listen: SocketAddr,
+    /// What a request may contain.
+    pub limits: Limits,
+    /// Most `Process` calls in flight.
+    pub max_in_flight: usize,
+    /// Drain period on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Broker connection settings.
+#[derive(Clone, Debug)]
+pub struct AmqpConfig {
+    /// The broker URL.
+    pub url: AmqpUrl,
+    /// Exchange requests go to.
+    pub exchange: String,
+    /// Publisher channels.
+    pub channels: usize,
+}
+
+/// Request rules enforced before anything is published.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Allow-listed routes.
+    pub routes: BTreeSet<String>,
+    /// Route for requests that name none.
+    pub default_route: Option<String>,
+    /// Deadline when the caller sets none.
+    pub default_timeout: Duration,
+    /// Cap on any deadline.
+    pub max_timeout: Duration,
+    /// Largest payload in bytes.
+    pub max_payload_bytes: usize,
+    /// Most caller headers.
+    pub max_headers: usize,
+    /// Largest caller header (name + value) in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Args {
+    /// Checks the flags and builds the configuration.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let url = AmqpUrl::parse(&self.amqp_url)?;
+        let routes: BTreeSet<String> = self
+            .routes
+            .into_iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if routes.is_empty() {
+            return Err(ConfigError::NoRoutes);
+        }
+        if let Some(bad) = routes.iter().find(|r| r.len() > 255) {
+            return Err(ConfigError::Route(bad.clone()));
+        }
+        let default_route = self.default_route.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        if let Some(route) = &default_route {
+            if !routes.contains(route) {
+                return Err(ConfigError::DefaultRouteNotAllowed(route.clone()));
+            }
+        }
+        for (name, value) in [
+            ("max-in-flight", self.max_in_flight),
+            ("channels", self.channels),
+            ("max-payload-bytes", self.max_payload_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.default_timeout.is_zero() {
+            return Err(ConfigError::Zero("default-timeout"));
+        }
+        if self.default_timeout > self.max_timeout {
+            return Err(ConfigError::Timeouts { default: self.default_timeout, max: self.max_timeout });
+        }
+        Ok(Config {
+            amqp: AmqpConfig { url, exchange: self.exchange, channels: self.channels },
+            listen: self.listen,
+            limits: Limits {
+                routes,
+                default_route,
+                default_timeout: self.default_timeout,
+                max_timeout: self.max_timeout,
+                max_payload_bytes: self.max_payload_bytes,
+                max_headers: self.max_headers,
+                max_header_bytes: self.max_header_bytes,
+            },
+            max_in_flight: self.max_in_flight,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// An AMQP URL whose `Debug` and `Display` hide the password, so it can be
+/// logged and carried in errors without leaking the credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl {
+    url: String,
+    redacted: String,
+}
+
+impl AmqpUrl {
+    /// Parses and checks an `amqp://` or `amqps://` URL.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let parsed = Url::parse(url).map_err(|e| ConfigError::AmqpUrl {
+            // An unparseable URL cannot be redacted field by field: show none of it.
+            url: "<unparseable>".into(),
+            reason: e.to_string(),
+        })?;
+        let redacted = redact(&parsed);
+        if !matches!(parsed.scheme(), "amqp" | "amqps") {
+            return Err(ConfigError::AmqpUrl { url: redacted, reason: "scheme must be amqp or amqps".into() });
+        }
+        Ok(Self { url: url.to_owned(), redacted })
+    }
+
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+}
+
+fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Cannot fail: a URL with a password has a host.
+        let _ = shown.set_password(Some("****"));
+    }
+    shown.to_string()
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({})", self.redacted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["gateway", "--amqp-url", "amqp://user:s3cret@broker:5672/%2f", "--routes", "echo,jobs"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn defaults_build() {
+        let config = args(&["--default-route", "echo"]).into_config().unwrap();
+        assert_eq!(config.limits.routes.len(), 2);
+        assert_eq!(config.limits.default_route.as_deref(), Some("echo"));
+        assert_eq!(config.limits.default_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn default_route_must_be_allowed() {
+        let err = args(&["--default-route", "other"]).into_config().unwrap_err();
+        assert_eq!(err, ConfigError::DefaultRouteNotAllowed("other".into()));
+    }
+
+    #[test]
+    fn default_timeout_may_not_exceed_max() {
+        let err = args(&["--default-timeout", "2m", "--max-timeout", "1m"]).into_config().unwrap_err();
+        assert!(matches!(err, ConfigError::Timeouts { .. }));
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        assert_eq!(args(&["--max-in-flight", "0"]).into_config().unwrap_err(), ConfigError::Zero("max-in-flight"));
+        assert_eq!(args(&["--channels", "0"]).into_config().unwrap_err(), ConfigError::Zero("channels"));
+    }
+
+    #[test]
+    fn password_never_shown() {
+        let config = args(&[]).into_config().unwrap();
+        let shown = format!("{} {:?} {:?}", config.amqp.url, config.amqp.url, config);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("user:****@broker"), "{shown}");
+        assert_eq!(config.amqp.url.expose(), "amqp://user:s3cret@broker:5672/%2f");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        let err = AmqpUrl::parse("http://u:s3cret@host/").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = AmqpUrl::parse("amqp://u:s3cret@[bad").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Gateway errors and the one place that decides which gRPC status a caller
+//! sees for each of them.
+//!
+//! Internal detail (broker errors, lapin messages) is logged here and never
+//! put in a status message: callers learn what happened and what to do, not
+//! how the gateway is built.
+
+use tonic::{Code, Status};
+
+use crate::amqp::CallError;
+
+/// Why a `Process` call did not return a worker's successful reply.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed or asks for something not allowed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The payload is over the configured limit.
+    #[error("payload is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Payload size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// No reply before the deadline.
+    #[error("deadline exceeded before the worker replied")]
+    DeadlineExceeded,
+    /// The gateway is shutting down and its grace period is over.
+    #[error("the gateway is shutting down; retry on another instance")]
+    ShuttingDown,
+    /// The broker round trip failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The worker replied with an error status.
+    #[error("worker replied {code:?}: {message}")]
+    Worker {
+        /// The worker's status code.
+        code: Code,
+        /// The worker's status message.
+        message: String,
+    },
+}
+
+impl From<GatewayError> for Status {
+    fn from(error: GatewayError) -> Self {
+        match error {
+            GatewayError::InvalidArgument(message) => Status::invalid_argument(message),
+            e @ GatewayError::PayloadTooLarge { .. } => Status::resource_exhausted(e.to_string()),
+            e @ GatewayError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+            e @ GatewayError::ShuttingDown => Status::unavailable(e.to_string()),
+            GatewayError::Worker { code, message } => Status::new(code, message),
+            GatewayError::Call(error) => {
+                let message = match &error {
+                    CallError::NotConnected | CallError::ConnectionLost => {
+                        "the gateway's broker connection is down; retry with backoff".to_owned()
+                    }
+                    CallError::Unroutable { route } => {
+                        format!("no worker queue is bound for route {route:?}")
+                    }
+                    CallError::Nacked => "the broker refused the request; retry with backoff".to_owned(),
+                    CallError::Publish(source) => {
+                        tracing::warn!(error = %source, "publish failed");
+                        "the request could not be published; retry with backoff".to_owned()
+                    }
+                };
+                Status::unavailable(message)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let cases = [
+            (GatewayError::InvalidArgument("x".into()), Code::InvalidArgument),
+            (GatewayError::PayloadTooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
+            (GatewayError::DeadlineExceeded, Code::DeadlineExceeded),
+            (GatewayError::ShuttingDown, Code::Unavailable),
+            (GatewayError::Worker { code: Code::NotFound, message: "m".into() }, Code::NotFound),
+            (CallError::NotConnected.into(), Code::Unavailable),
+            (CallError::ConnectionLost.into(), Code::Unavailable),
+            (CallError::Nacked.into(), Code::Unavailable),
+            (CallError::Unroutable { route: "r".into() }.into(), Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn payload_limit_is_in_the_message() {
+        let status = Status::from(GatewayError::PayloadTooLarge { size: 2048, limit: 1024 });
+        assert!(status.message().contains("1024"), "{}", status.message());
+    }
+}

@@ -1,0 +1,157 @@
+//! Server assembly: the `Gateway` service behind its layers, health and
+//! reflection on the same port, served until shutdown with a drain period.
+//!
+//! [`spawn`] takes an already bound listener and a shutdown token, so tests
+//! bind port 0 and trigger shutdown themselves; the binary passes SIGTERM.
+
+use std::time::Duration;
+
+use amqp_gateway::{FILE_DESCRIPTOR_SET, SERVICE_NAME, pb::gateway_server::GatewayServer};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::Layer;
+use tracing::Instrument;
+
+use crate::{
+    amqp::AmqpClient,
+    config::Config,
+    deadline::{DeadlineLayer, DeadlinePolicy},
+    limit::InFlightLimitLayer,
+    service::GatewayService,
+};
+
+/// Room above the payload limit for the rest of a `ProcessRequest` (route,
+/// content type, headers). The transport's decode limit sits above the
+/// configured payload limit so the gateway, not the transport, refuses
+/// oversized payloads, with a clear message.
+const ENVELOPE_ALLOWANCE: usize = 256 * 1024;
+
+/// How long the AMQP connection may take to close after the drain.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server could not start or failed while serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection descriptors did not load.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The server task panicked.
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    client: AmqpClient,
+    in_flight: InFlightLimitLayer,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// The gateway's broker client (connection state, pending calls, counters).
+    pub fn client(&self) -> &AmqpClient {
+        &self.client
+    }
+
+    /// `Process` calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.in_flight()
+    }
+
+    /// Waits until the gateway has shut down.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task.await?
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled, then drains:
+/// new calls are refused, calls in flight get `config.shutdown_grace` to
+/// finish and are answered UNAVAILABLE after it, and the AMQP connection is
+/// closed.
+pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<Running, ServeError> {
+    let tracker = TaskTracker::new();
+    let amqp_shutdown = CancellationToken::new();
+    let client = AmqpClient::start(config.amqp.clone(), amqp_shutdown.clone(), &tracker);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    tracker.spawn(report_health(client.connected(), health, shutdown.clone()).instrument(tracing::info_span!("health")));
+
+    // v1 and v1alpha both, so grpcurl and other tools of any age work.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let abort = CancellationToken::new();
+    let in_flight = InFlightLimitLayer::new(config.max_in_flight);
+    let service = GatewayService::new(client.clone(), config.limits.clone(), abort.clone());
+    let gateway = in_flight.layer(
+        GatewayServer::new(service)
+            .max_decoding_message_size(config.limits.max_payload_bytes.saturating_add(ENVELOPE_ALLOWANCE)),
+    );
+    let policy = DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let drain_started = shutdown.clone();
+    let serve = Server::builder()
+        .layer(DeadlineLayer::new(policy))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(gateway)
+        .serve_with_incoming_shutdown(incoming, drain_started.cancelled_owned());
+
+    let grace = config.shutdown_grace;
+    let task_client = client.clone();
+    let task = tokio::spawn(
+        async move {
+            let mut serve = std::pin::pin!(serve);
+            let result = tokio::select! {
+                result = &mut serve => result,
+                () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!(?grace, "grace period over: answering the calls still in flight with UNAVAILABLE");
+                    abort.cancel();
+                    // Every handler now returns at once; give the transport a
+                    // moment to write those answers.
+                    tokio::time::timeout(CLOSE_TIMEOUT, &mut serve).await.unwrap_or(Ok(()))
+                }
+            };
+            tracing::info!(pending = task_client.pending(), "gRPC server stopped; closing the broker connection");
+            amqp_shutdown.cancel();
+            tracker.close();
+            if tokio::time::timeout(CLOSE_TIMEOUT, tracker.wait()).await.is_err() {
+                tracing::warn!("background tasks did not stop in time");
+            }
+            Ok(result?)
+        }
+        .instrument(tracing::info_span!("gateway")),
+    );
+    Ok(Running { client, in_flight, task })
+}
+
+/// Reports SERVING while the broker session is up and NOT_SERVING otherwise,
+/// and NOT_SERVING from the start of shutdown on.
+async fn report_health(mut connected: watch::Receiver<bool>, health: HealthReporter, shutdown: CancellationToken) {
+    loop {
+        let status = if *connected.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        for service in ["", SERVICE_NAME] {
+            health.set_service_status(service, status).await;
+        }
+        tokio::select! {
+            changed = connected.changed() => if changed.is_err() { break },
+            () = shutdown.cancelled() => break,
+        }
+    }
+    for service in ["", SERVICE_NAME] {
+        health.set_service_status(service, ServingStatus::NotServing).await;
+    }
+}

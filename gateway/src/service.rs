@@ -1,0 +1,144 @@
+//! `gateway.v1.Gateway/Process`: where a request enters and where its outcome
+//! is decided.
+//!
+//! The handler validates the request, publishes it through the
+//! [`AmqpClient`] and waits for the reply until the call's [`Deadline`]. The
+//! deadline is enforced here, with `timeout_at` around the whole round trip;
+//! when the caller cancels, tonic drops this future and the pending entry goes
+//! with it.
+
+use std::{sync::Arc, time::Instant};
+
+use amqp_gateway::{
+    pb::{ProcessRequest, ProcessResponse, gateway_server::Gateway},
+    wire,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
+use uuid::Uuid;
+
+use crate::{
+    amqp::{AmqpClient, Call, Reply},
+    config::Limits,
+    deadline::{Deadline, DeadlinePolicy},
+    error::GatewayError,
+    validate,
+};
+
+/// gRPC metadata key carrying the call's correlation id on every answer,
+/// errors included, so a failed call can be found in worker logs too.
+pub const CORRELATION_ID_METADATA: &str = "correlation-id";
+
+/// The `Gateway` service.
+#[derive(Clone, Debug)]
+pub struct GatewayService {
+    client: AmqpClient,
+    limits: Arc<Limits>,
+    abort: CancellationToken,
+}
+
+impl GatewayService {
+    /// A service publishing through `client` under `limits`. Cancelling
+    /// `abort` answers every call still waiting with UNAVAILABLE (the end of
+    /// the shutdown grace period).
+    pub fn new(client: AmqpClient, limits: Limits, abort: CancellationToken) -> Self {
+        Self { client, limits: Arc::new(limits), abort }
+    }
+
+    async fn process(&self, request: ProcessRequest, deadline: Deadline, id: Uuid) -> Result<ProcessResponse, GatewayError> {
+        let route = validate::route(&self.limits, &request.route)?;
+        validate::payload(&self.limits, request.payload.len())?;
+        validate::headers(&self.limits, &request.headers)?;
+        if deadline.remaining().is_zero() {
+            // Answered at once, without publishing: nobody could use the reply.
+            return Err(GatewayError::DeadlineExceeded);
+        }
+        let call = Call {
+            correlation_id: id,
+            route: route.to_owned(),
+            payload: request.payload,
+            content_type: request.content_type,
+            headers: request.headers,
+            deadline,
+        };
+        let reply = tokio::select! {
+            reply = tokio::time::timeout_at(deadline.instant(), self.client.call(call)) => {
+                reply.map_err(|_| GatewayError::DeadlineExceeded)??
+            }
+            () = self.abort.cancelled() => return Err(GatewayError::ShuttingDown),
+        };
+        response(reply, id)
+    }
+}
+
+/// A reply becomes a response, or the worker's error status.
+fn response(reply: Reply, id: Uuid) -> Result<ProcessResponse, GatewayError> {
+    let (code, message) = wire::decode_status(reply.headers.as_ref());
+    if code != Code::Ok {
+        return Err(GatewayError::Worker { code, message });
+    }
+    Ok(ProcessResponse {
+        payload: reply.payload.into(),
+        content_type: reply.content_type.unwrap_or_default(),
+        headers: wire::application_headers(reply.headers.as_ref()).into_iter().collect(),
+        correlation_id: id.hyphenated().to_string(),
+    })
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn process(&self, request: Request<ProcessRequest>) -> Result<Response<ProcessResponse>, Status> {
+        // Set by `DeadlineLayer`; the fallback only matters when the service
+        // is mounted without it.
+        let deadline = request.extensions().get::<Deadline>().copied().unwrap_or_else(|| {
+            DeadlinePolicy { default_timeout: self.limits.default_timeout, max_timeout: self.limits.max_timeout }
+                .deadline(request.metadata().as_ref(), Instant::now())
+        });
+        let id = Uuid::new_v4();
+        let id_metadata = MetadataValue::try_from(id.hyphenated().to_string()).ok();
+        let mut result = self.process(request.into_inner(), deadline, id).await.map(Response::new).map_err(|error| {
+            tracing::debug!(correlation_id = %id, %error, "call failed");
+            Status::from(error)
+        });
+        if let Some(value) = id_metadata {
+            let metadata = match &mut result {
+                Ok(response) => response.metadata_mut(),
+                Err(status) => status.metadata_mut(),
+            };
+            metadata.insert(CORRELATION_ID_METADATA, value);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, FieldTable};
+
+    use super::*;
+
+    #[test]
+    fn error_reply_maps_to_the_worker_status() {
+        let mut headers = FieldTable::default();
+        wire::encode_status(&mut headers, Code::PermissionDenied, "no");
+        let reply = Reply { payload: vec![], content_type: None, headers: Some(headers) };
+        match response(reply, Uuid::nil()) {
+            Err(GatewayError::Worker { code: Code::PermissionDenied, message }) => assert_eq!(message, "no"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ok_reply_keeps_content_type_and_string_headers() {
+        let mut headers = FieldTable::default();
+        headers.insert("tenant".into(), wire::long_string("acme"));
+        headers.insert("n".into(), AMQPValue::LongInt(1));
+        let reply = Reply { payload: b"hi".to_vec(), content_type: Some("text/plain".into()), headers: Some(headers) };
+        let id = Uuid::new_v4();
+        let r = response(reply, id).unwrap();
+        assert_eq!(&r.payload[..], b"hi");
+        assert_eq!(r.content_type, "text/plain");
+        assert_eq!(r.headers.len(), 1);
+        assert_eq!(r.correlation_id, id.to_string());
+    }
+}
