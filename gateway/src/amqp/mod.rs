@@ -28,7 +28,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use amqp_gateway::wire;
+use amqp_gateway::{broker, wire};
 use bytes::Bytes;
 use lapin::{
     BasicProperties, Confirmation, PublisherConfirm,
@@ -42,7 +42,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use self::session::{DIRECT_REPLY_TO, Session};
-use crate::{config::AmqpConfig, deadline::Deadline};
+use crate::{call::Deadline, config::AmqpConfig};
 
 /// Why a call got no reply from a worker.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -255,18 +255,6 @@ impl Drop for ConfirmGuard {
     }
 }
 
-const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// The delay before reconnect attempt `attempt` (0-based): exponential from
-/// 100 ms, capped at 5 s, with full jitter over its upper half so many
-/// gateways do not reconnect in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling = BACKOFF_INITIAL.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
-    let jitter = rand::rng().random_range(0.5..=1.0);
-    ceiling.mul_f64(jitter)
-}
-
 /// Where the supervisor publishes the current session.
 struct Current {
     session: watch::Sender<Option<Arc<Session>>>,
@@ -299,7 +287,7 @@ async fn supervise(
         let session = match opened {
             Ok(session) => session,
             Err(error) => {
-                let delay = backoff(attempt);
+                let delay = broker::backoff(attempt, rand::rng().random());
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(%error, url = %config.url, retry_in = ?delay, "cannot connect to the broker");
                 tokio::select! {
@@ -330,19 +318,4 @@ async fn supervise(
         }
     }
     current.set(None);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        for attempt in 0..40 {
-            let d = backoff(attempt);
-            let ceiling = BACKOFF_INITIAL.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
-            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
-        }
-        assert!(backoff(30) >= BACKOFF_MAX / 2);
-    }
 }

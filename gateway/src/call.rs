@@ -1,23 +1,48 @@
-//! Call deadlines: where a caller's `grpc-timeout` becomes the [`Deadline`]
-//! that bounds the whole AMQP round trip.
+//! Per-call context, fixed the moment a call arrives: its [`Deadline`] (from
+//! `grpc-timeout`, the configured default and cap) and its correlation id, and
+//! the enforcement of that deadline.
 //!
 //! Why a layer and not the handler: tonic's transport wraps every service in
 //! its own timeout, started from `grpc-timeout` when the request arrives, and
 //! answers CANCELLED when it fires. The contract wants DEADLINE_EXCEEDED, so the
-//! gateway must answer first. tonic creates its timer *after* calling the inner
-//! service's `call` and, when woken, polls the inner future before its timer.
-//! [`DeadlineLayer`] sits inside tonic's timeout and fixes the deadline
-//! synchronously in `call`, so our deadline is never later than tonic's and our
-//! answer wins even when both fire in the same timer tick. The handler only
-//! reads the deadline from the request extensions.
+//! gateway must answer first, even while the request body is still being read
+//! (the handler has not started then). tonic creates its timer *after* calling
+//! the inner service's `call`, and when woken polls the inner future before its
+//! timer. [`CallLayer`] sits inside tonic's timeout, fixes the deadline
+//! synchronously in `call` and races the call against it: our timer is never
+//! later than tonic's, so our answer wins even when both fire in the same
+//! timer tick. Dropping the inner future on expiry drops the handler, whose
+//! pending entry goes with it.
+//!
+//! The correlation id is returned as `correlation-id` metadata on every
+//! answer, errors and deadlines included, so any call can be found in worker
+//! logs and traces.
 
 use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
 
-use http::{HeaderMap, Request};
+use http::{HeaderMap, HeaderValue, Request};
+use pin_project_lite::pin_project;
+use tonic::{Status, body::Body, server::NamedService};
 use tower::{Layer, Service};
+use uuid::Uuid;
+
+/// gRPC metadata key carrying the call's correlation id on every answer.
+pub const CORRELATION_ID_METADATA: &str = "correlation-id";
+
+/// What the handler learns about its call from the layer (request extensions).
+#[derive(Clone, Copy, Debug)]
+pub struct CallContext {
+    /// When the call must be answered by.
+    pub deadline: Deadline,
+    /// The AMQP correlation id (and message id) of the call.
+    pub correlation_id: Uuid,
+}
 
 /// When a call must be answered by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,41 +116,46 @@ pub fn parse_grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Stamps every request with its [`Deadline`] (in the request extensions).
+/// Fixes each call's [`CallContext`] and answers DEADLINE_EXCEEDED when its
+/// deadline passes. Wraps the `Gateway` service.
 #[derive(Clone, Copy, Debug)]
-pub struct DeadlineLayer {
+pub struct CallLayer {
     policy: DeadlinePolicy,
 }
 
-impl DeadlineLayer {
+impl CallLayer {
     /// A layer applying `policy`.
     pub fn new(policy: DeadlinePolicy) -> Self {
         Self { policy }
     }
 }
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
+impl<S> Layer<S> for CallLayer {
+    type Service = CallService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService { inner, policy: self.policy }
+        CallService { inner, policy: self.policy }
     }
 }
 
-/// See [`DeadlineLayer`].
+/// See [`CallLayer`].
 #[derive(Clone, Debug)]
-pub struct DeadlineService<S> {
+pub struct CallService<S> {
     inner: S,
     policy: DeadlinePolicy,
 }
 
-impl<S, B> Service<Request<B>> for DeadlineService<S>
+impl<S: NamedService> NamedService for CallService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<Request<B>> for CallService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = http::Response<Body>, Error = Infallible>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = CallFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -134,8 +164,51 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // Synchronously, before tonic starts its own timer: see the module docs.
         let deadline = self.policy.deadline(request.headers(), Instant::now());
-        request.extensions_mut().insert(deadline);
-        self.inner.call(request)
+        let correlation_id = Uuid::new_v4();
+        request.extensions_mut().insert(CallContext { deadline, correlation_id });
+        CallFuture {
+            inner: self.inner.call(request),
+            sleep: tokio::time::sleep_until(deadline.instant()),
+            correlation_id,
+        }
+    }
+}
+
+pin_project! {
+    /// A call racing its deadline.
+    pub struct CallFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        correlation_id: Uuid,
+    }
+}
+
+impl<F> Future for CallFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, Infallible>>,
+{
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.inner.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::debug!(correlation_id = %this.correlation_id, "deadline exceeded");
+                    Status::deadline_exceeded("deadline exceeded before the worker replied").into_http()
+                }
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        let mut buffer = Uuid::encode_buffer();
+        let id = this.correlation_id.hyphenated().encode_lower(&mut buffer);
+        if let Ok(value) = HeaderValue::from_str(id) {
+            response.headers_mut().insert(CORRELATION_ID_METADATA, value);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -1,0 +1,111 @@
+//! How both sides reach the broker: the AMQP URL, kept out of logs, and the
+//! reconnect backoff. Shared so the gateway and the worker behave alike when a
+//! broker goes away.
+
+use std::{fmt, time::Duration};
+
+use url::Url;
+
+/// An AMQP URL whose `Debug` and `Display` hide the password, so it can be
+/// logged and carried in errors without leaking the credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl {
+    url: String,
+    redacted: String,
+}
+
+/// An AMQP URL was refused. Its text never contains the password.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid AMQP URL {url}: {reason}")]
+pub struct InvalidUrl {
+    url: String,
+    reason: String,
+}
+
+impl AmqpUrl {
+    /// Parses and checks an `amqp://` or `amqps://` URL.
+    pub fn parse(url: &str) -> Result<Self, InvalidUrl> {
+        let parsed = Url::parse(url).map_err(|e| InvalidUrl {
+            // An unparseable URL cannot be redacted field by field: show none of it.
+            url: "<unparseable>".into(),
+            reason: e.to_string(),
+        })?;
+        let mut shown = parsed.clone();
+        if shown.password().is_some() {
+            // Cannot fail: a URL with a password has a host.
+            let _ = shown.set_password(Some("****"));
+        }
+        let redacted = shown.to_string();
+        if !matches!(parsed.scheme(), "amqp" | "amqps") {
+            return Err(InvalidUrl { url: redacted, reason: "the scheme must be amqp or amqps".into() });
+        }
+        Ok(Self { url: url.to_owned(), redacted })
+    }
+
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::str::FromStr for AmqpUrl {
+    type Err = InvalidUrl;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({})", self.redacted)
+    }
+}
+
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The delay before reconnect attempt `attempt` (0-based): exponential from
+/// 100 ms, capped at 5 s, with jitter over the upper half of each step so many
+/// processes do not reconnect in lockstep after a broker restart.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let ceiling = BACKOFF_INITIAL.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_never_shown() {
+        let url = AmqpUrl::parse("amqp://user:s3cret@broker:5672/%2f").unwrap();
+        let shown = format!("{url} {url:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("user:****@broker"), "{shown}");
+        assert_eq!(url.expose(), "amqp://user:s3cret@broker:5672/%2f");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_them() {
+        let err = AmqpUrl::parse("http://u:s3cret@host/").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = AmqpUrl::parse("amqp://u:s3cret@[bad").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        assert_eq!(backoff(0, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(0, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(3, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff(40, 1.0), BACKOFF_MAX);
+        assert_eq!(backoff(40, 0.0), BACKOFF_MAX / 2);
+    }
+}

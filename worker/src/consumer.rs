@@ -1,0 +1,327 @@
+//! The consumer loop: connect, declare the route's queue, take requests up to
+//! the prefetch count, run the handler for each, reply, acknowledge. Reconnects
+//! with backoff when the broker goes away; drains on shutdown.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use amqp_gateway::{broker, wire};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use lapin::{
+    Channel, Connection, ConnectionProperties, Consumer,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::{Service, ServiceExt};
+use tracing::Instrument;
+
+use crate::{Request, Response, Status, WorkerConfig, reply};
+
+/// Bound on connecting and on each set-up or tear-down step, so a broker that
+/// accepts TCP but never answers cannot hang the worker.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters of what the worker did with the messages it took.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests answered (successfully or with an error status).
+    pub replied: AtomicU64,
+    /// Requests acked without work because their deadline had passed.
+    pub expired: AtomicU64,
+    /// Messages rejected without requeue (no `reply_to` or `correlation_id`).
+    pub rejected: AtomicU64,
+    /// Handler panics, answered INTERNAL.
+    pub panics: AtomicU64,
+    /// Sessions re-established after a loss.
+    pub reconnects: AtomicU64,
+}
+
+/// The worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker task panicked.
+    #[error("worker task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct RunningWorker {
+    consuming: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Waits until the worker consumes its queue (it has declared it), or
+    /// `timeout` passes; returns whether it is consuming.
+    pub async fn consuming(&self, timeout: Duration) -> bool {
+        let mut consuming = self.consuming.clone();
+        tokio::time::timeout(timeout, consuming.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Waits until the worker has stopped.
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        self.task.await?
+    }
+}
+
+/// Starts a worker that serves `config.queue` with `handler` until `shutdown`
+/// is cancelled, then stops taking requests, lets those in flight finish
+/// within the grace period, and closes the connection; unfinished requests go
+/// back to the queue.
+///
+/// The handler is cloned for each request, so up to `prefetch` requests run
+/// at once.
+pub fn spawn<S>(config: WorkerConfig, handler: S, shutdown: CancellationToken) -> RunningWorker
+where
+    S: Service<Request, Response = Response, Error = Status> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let (consuming_tx, consuming) = watch::channel(false);
+    let stats = Arc::new(Stats::default());
+    let span = tracing::info_span!("worker", queue = %config.queue);
+    let task = tokio::spawn(supervise(config, handler, shutdown, consuming_tx, stats.clone()).instrument(span));
+    RunningWorker { consuming, stats, task }
+}
+
+async fn supervise<S>(
+    config: WorkerConfig,
+    handler: S,
+    shutdown: CancellationToken,
+    consuming: watch::Sender<bool>,
+    stats: Arc<Stats>,
+) -> Result<(), WorkerError>
+where
+    S: Service<Request, Response = Response, Error = Status> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut attempt = 0u32;
+    let mut connected_before = false;
+    loop {
+        let opened = tokio::select! {
+            opened = Session::open(&config) => opened,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match opened {
+            Ok(session) => {
+                attempt = 0;
+                if connected_before {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_before = true;
+                tracing::info!(url = %config.url, prefetch = config.prefetch, "consuming");
+                consuming.send_replace(true);
+                let ended = session.serve(&config, handler.clone(), &shutdown, &stats).await;
+                consuming.send_replace(false);
+                match ended {
+                    Ended::Shutdown => return Ok(()),
+                    Ended::Lost(reason) => tracing::warn!(%reason, "broker session lost; reconnecting"),
+                }
+            }
+            Err(error) => tracing::warn!(%error, url = %config.url, "cannot connect to the broker"),
+        }
+        let delay = broker::backoff(attempt, rand::random());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Why a session ended.
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+}
+
+async fn bounded<T>(step: impl Future<Output = lapin::Result<T>>) -> Result<T, OpenError> {
+    Ok(tokio::time::timeout(STEP_TIMEOUT, step).await.map_err(|_| OpenError::Timeout(STEP_TIMEOUT))??)
+}
+
+/// One connection, one channel, one consumer.
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+}
+
+impl Session {
+    async fn open(config: &WorkerConfig) -> Result<Self, OpenError> {
+        let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-worker".into());
+        let connection = bounded(Connection::connect(config.url.expose(), properties)).await?;
+        let channel = bounded(connection.create_channel()).await?;
+        // Replies are published under confirms: a request is acked only once
+        // the broker has its reply (at-least-once).
+        bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        bounded(channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
+        let options = QueueDeclareOptions { durable: config.durable, ..QueueDeclareOptions::default() };
+        bounded(channel.queue_declare(config.queue.as_str().into(), options, FieldTable::default())).await?;
+        let consumer = bounded(channel.basic_consume(
+            config.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ))
+        .await?;
+        Ok(Self { connection, channel, consumer })
+    }
+
+    async fn serve<S>(mut self, config: &WorkerConfig, handler: S, shutdown: &CancellationToken, stats: &Arc<Stats>) -> Ended
+    where
+        S: Service<Request, Response = Response, Error = Status> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let tracker = TaskTracker::new();
+        let abort = CancellationToken::new();
+        let ended = loop {
+            let delivery = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Ended::Shutdown,
+                delivery = self.consumer.next() => delivery,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let span = tracing::info_span!(
+                        "request",
+                        correlation_id = delivery.properties.correlation_id().as_ref().map_or("", |c| c.as_str())
+                    );
+                    let task = handle(delivery, self.channel.clone(), handler.clone(), stats.clone(), abort.clone());
+                    tracker.spawn(task.instrument(span));
+                }
+                Some(Err(error)) => break Ended::Lost(error.to_string()),
+                None => break Ended::Lost("the broker cancelled the consumer".into()),
+            }
+        };
+        tracker.close();
+
+        if matches!(ended, Ended::Shutdown) {
+            // Stop deliveries first; requests already prefetched but not
+            // started stay unacked and go back to the queue on close.
+            let cancel = self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
+            if let Err(error) = bounded(cancel).await {
+                tracing::warn!(%error, "cancelling the consumer failed");
+            }
+            tracing::info!(in_flight = tracker.len(), grace = ?config.shutdown_grace, "draining requests in flight");
+            if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+                tracing::warn!(unfinished = tracker.len(), "grace period over: unfinished requests go back to the queue");
+            }
+        }
+        // Whatever is still running stops now; its requests were not acked.
+        abort.cancel();
+        let _ = tokio::time::timeout(STEP_TIMEOUT, tracker.wait()).await;
+        if matches!(ended, Ended::Shutdown) {
+            if let Err(error) = bounded(self.connection.close(200, "worker shutting down".into())).await {
+                tracing::debug!(%error, "closing the connection failed");
+            } else {
+                tracing::info!("AMQP connection closed");
+            }
+        }
+        ended
+    }
+}
+
+/// Handles one delivery: validate, run the handler, reply, acknowledge.
+async fn handle<S>(delivery: Delivery, channel: Channel, handler: S, stats: Arc<Stats>, abort: CancellationToken)
+where
+    S: Service<Request, Response = Response, Error = Status>,
+{
+    let Delivery { properties, data, acker, routing_key, redelivered, .. } = delivery;
+    let (Some(reply_to), Some(correlation_id)) = (properties.reply_to().clone(), properties.correlation_id().clone())
+    else {
+        stats.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            has_reply_to = properties.reply_to().is_some(),
+            has_correlation_id = properties.correlation_id().is_some(),
+            "rejecting a message without reply_to or correlation_id: nobody could receive its reply"
+        );
+        if let Err(error) = acker.reject(BasicRejectOptions { requeue: false }).await {
+            tracing::warn!(%error, "reject failed");
+        }
+        return;
+    };
+
+    let deadline = wire::decode_deadline(properties.headers().as_ref());
+    if deadline.is_some_and(|d| d <= SystemTime::now()) {
+        stats.expired.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("dropping an expired request without work");
+        if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "ack failed");
+        }
+        return;
+    }
+
+    let request = Request {
+        payload: Bytes::from(data),
+        content_type: properties.content_type().as_ref().map(|c| c.as_str().to_owned()),
+        headers: wire::application_headers(properties.headers().as_ref()),
+        deadline,
+        correlation_id: correlation_id.as_str().to_owned(),
+        route: routing_key.as_str().to_owned(),
+        redelivered,
+    };
+    let outcome = tokio::select! {
+        outcome = invoke(handler, request, &stats) => outcome,
+        // Shutdown grace is over: leave the request unacked for redelivery.
+        () = abort.cancelled() => return,
+    };
+
+    match reply::publish(&channel, reply_to, correlation_id, outcome).await {
+        Ok(()) => {
+            stats.replied.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "ack failed; the request will be redelivered");
+            }
+        }
+        // The channel is broken: the request stays unacked and the broker
+        // redelivers it when the channel closes.
+        Err(error) => tracing::warn!(%error, "publishing the reply failed; the request will be redelivered"),
+    }
+}
+
+/// Runs the handler, turning a panic into INTERNAL so a bad request cannot
+/// kill the consumer or loop through redeliveries.
+async fn invoke<S>(mut handler: S, request: Request, stats: &Stats) -> Result<Response, Status>
+where
+    S: Service<Request, Response = Response, Error = Status>,
+{
+    let run = async {
+        let ready = handler.ready().await?;
+        AssertUnwindSafe(ready.call(request)).catch_unwind().await.unwrap_or_else(|_| Err(panicked(stats)))
+    };
+    // `call` itself may panic before returning a future.
+    AssertUnwindSafe(run).catch_unwind().await.unwrap_or_else(|_| Err(panicked(stats)))
+}
+
+fn panicked(stats: &Stats) -> Status {
+    stats.panics.fetch_add(1, Ordering::Relaxed);
+    tracing::error!("handler panicked; replying INTERNAL");
+    Status::internal("the worker's handler panicked")
+}

@@ -1,0 +1,98 @@
+//! The `worker` binary: serves one route with a built-in handler.
+
+use std::time::Duration;
+
+use amqp_gateway::broker::AmqpUrl;
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use worker::{WorkerConfig, handlers};
+
+/// Command-line flags of the `worker` binary.
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, about = "AMQP worker answering gateway requests with a built-in handler")]
+struct Args {
+    /// AMQP URL of the broker (the password is never logged).
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true, hide_default_value = true)]
+    amqp_url: AmqpUrl,
+
+    /// Route to serve: the queue consumed (declared if missing).
+    #[arg(long, env = "WORKER_ROUTE", default_value = "echo")]
+    route: String,
+
+    /// Built-in handler.
+    #[arg(long, env = "WORKER_HANDLER", value_enum, default_value_t = Handler::Echo)]
+    handler: Handler,
+
+    /// Delay before answering, to play a slow worker (echo handler).
+    #[arg(long, env = "WORKER_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    delay: Duration,
+
+    /// Requests handled at once (AMQP prefetch).
+    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 16)]
+    prefetch: u16,
+
+    /// Declare the queue durable (must match an existing queue's declaration).
+    #[arg(long, env = "WORKER_DURABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    durable: bool,
+
+    /// How long requests in flight may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: otel::LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Handler {
+    /// Replies with the request's payload, content type and headers.
+    Echo,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = otel::init(args.log_format, "info").context("telemetry")?;
+    anyhow::ensure!(args.prefetch > 0, "--prefetch must be greater than zero");
+
+    let config = WorkerConfig {
+        url: args.amqp_url,
+        queue: args.route,
+        prefetch: args.prefetch,
+        durable: args.durable,
+        shutdown_grace: args.shutdown_grace,
+    };
+    tracing::info!(broker = %config.url, route = %config.queue, handler = ?args.handler, "worker starting");
+    let handler = match args.handler {
+        Handler::Echo => handlers::echo(args.delay),
+    };
+
+    let shutdown = CancellationToken::new();
+    let running = worker::spawn(config, handler, shutdown.clone());
+    let mut serving = std::pin::pin!(running.wait());
+    tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down: finishing requests in flight");
+            shutdown.cancel();
+            serving.await?;
+        }
+        result = &mut serving => result?,
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,94 @@
+//! Reply publishing, per the AMQP contract: to the default exchange, routing
+//! key = the request's `reply_to`, `correlation_id` copied, status headers on
+//! errors, under publisher confirms.
+
+use amqp_gateway::wire;
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::BasicPublishOptions,
+    types::{FieldTable, ShortString},
+};
+
+use crate::{Response, Status};
+
+/// Why a reply was not published.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplyError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker nacked the reply")]
+    Nacked,
+}
+
+/// Publishes the reply to a request and waits for the broker's confirm.
+pub(crate) async fn publish(
+    channel: &Channel,
+    reply_to: ShortString,
+    correlation_id: ShortString,
+    outcome: Result<Response, Status>,
+) -> Result<(), ReplyError> {
+    let (payload, properties) = encode(correlation_id, outcome);
+    let confirm = channel
+        .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &payload, properties)
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Nack(_) => Err(ReplyError::Nacked),
+        // A reply to a caller that is gone is returned or dropped by the
+        // broker; either way there is nobody left to answer.
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+    }
+}
+
+/// The body and properties of a reply.
+pub(crate) fn encode(correlation_id: ShortString, outcome: Result<Response, Status>) -> (bytes::Bytes, BasicProperties) {
+    let mut headers = FieldTable::default();
+    let properties = BasicProperties::default().with_correlation_id(correlation_id);
+    match outcome {
+        Ok(response) => {
+            for (name, value) in response.headers {
+                // Reserved names are the gateway's; a handler cannot fake a status.
+                if !wire::is_reserved(&name) && !name.is_empty() && name.len() <= 255 {
+                    headers.insert(name.into(), wire::long_string(value));
+                }
+            }
+            let mut properties = properties.with_headers(headers);
+            if let Some(content_type) = response.content_type {
+                properties = properties.with_content_type(content_type.into());
+            }
+            (response.payload, properties)
+        }
+        Err(status) => {
+            wire::encode_status(&mut headers, status.code(), status.message());
+            (bytes::Bytes::new(), properties.with_headers(headers).with_content_type(wire::TEXT_PLAIN.into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn error_reply_carries_the_status() {
+        let (body, properties) = encode("id".into(), Err(Status::not_found("no such thing")));
+        assert!(body.is_empty());
+        assert_eq!(properties.correlation_id().as_ref().map(ShortString::as_str), Some("id"));
+        assert_eq!(wire::decode_status(properties.headers().as_ref()), (Code::NotFound, "no such thing".into()));
+    }
+
+    #[test]
+    fn ok_reply_drops_reserved_headers() {
+        let response = Response::new("hi")
+            .with_content_type("text/plain")
+            .with_header("tenant", "acme")
+            .with_header("x-status-code", "13");
+        let (body, properties) = encode("id".into(), Ok(response));
+        assert_eq!(&body[..], b"hi");
+        assert_eq!(properties.content_type().as_ref().map(ShortString::as_str), Some("text/plain"));
+        assert_eq!(wire::decode_status(properties.headers().as_ref()).0, Code::Ok);
+        assert_eq!(wire::application_headers(properties.headers().as_ref()).len(), 1);
+    }
+}
