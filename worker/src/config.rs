@@ -16,6 +16,10 @@ pub struct WorkerConfig {
     /// Declare the queue durable (it survives a broker restart). Must match
     /// how the queue was first declared, or the broker refuses the declare.
     pub durable: bool,
+    /// Declare the queue. When false the queue must exist already (declared by
+    /// operations, with whatever arguments and policies they chose); the
+    /// worker only checks it passively.
+    pub declare: bool,
     /// How long requests in flight may take to finish after shutdown begins;
     /// unfinished ones go back to the queue.
     pub shutdown_grace: Duration,
@@ -24,6 +28,6 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Defaults for serving `queue` on the broker at `url`.
     pub fn new(url: AmqpUrl, queue: impl Into<String>) -> Self {
-        Self { url, queue: queue.into(), prefetch: 16, durable: true, shutdown_grace: Duration::from_secs(10) }
+        Self { url, queue: queue.into(), prefetch: 16, durable: true, declare: true, shutdown_grace: Duration::from_secs(10) }
     }
 }

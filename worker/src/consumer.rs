@@ -182,7 +182,7 @@ impl Session {
         // the broker has its reply (at-least-once).
         bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
         bounded(channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
-        let options = QueueDeclareOptions { durable: config.durable, ..QueueDeclareOptions::default() };
+        let options = QueueDeclareOptions { durable: config.durable, passive: !config.declare, ..QueueDeclareOptions::default() };
         bounded(channel.queue_declare(config.queue.as_str().into(), options, FieldTable::default())).await?;
         let consumer = bounded(channel.basic_consume(
             config.queue.as_str().into(),

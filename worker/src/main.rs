@@ -36,6 +36,11 @@ struct Args {
     #[arg(long, env = "WORKER_DURABLE", default_value_t = true, action = clap::ArgAction::Set)]
     durable: bool,
 
+    /// Declare the queue; with false it must already exist (declared by
+    /// operations with their own arguments and policies).
+    #[arg(long, env = "WORKER_DECLARE_QUEUE", default_value_t = true, action = clap::ArgAction::Set)]
+    declare_queue: bool,
+
     /// How long requests in flight may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -62,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         queue: args.route,
         prefetch: args.prefetch,
         durable: args.durable,
+        declare: args.declare_queue,
         shutdown_grace: args.shutdown_grace,
     };
     tracing::info!(broker = %config.url, route = %config.queue, handler = ?args.handler, "worker starting");
