@@ -45,9 +45,7 @@ pub fn is_reserved(name: &str) -> bool {
 /// True for the trace-context header names, which travel in gRPC metadata and
 /// are set by the gateway's propagator, never from a caller's header map.
 pub fn is_trace_context(name: &str) -> bool {
-    [TRACEPARENT_HEADER, TRACESTATE_HEADER, BAGGAGE_HEADER]
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
+    [TRACEPARENT_HEADER, TRACESTATE_HEADER, BAGGAGE_HEADER].iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Encodes an absolute deadline for the `x-deadline` header.
@@ -121,11 +119,7 @@ pub fn decode_status(headers: Option<&FieldTable>) -> (Code, String) {
             None => Code::Unknown,
         },
     };
-    let message = headers
-        .get(STATUS_MESSAGE_HEADER)
-        .and_then(string)
-        .unwrap_or_default()
-        .to_owned();
+    let message = headers.get(STATUS_MESSAGE_HEADER).and_then(string).unwrap_or_default().to_owned();
     (code, message)
 }
 

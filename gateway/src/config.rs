@@ -12,10 +12,20 @@ use clap::Parser;
 
 /// Command-line flags of the `gateway` binary.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about = "gRPC-to-AMQP gateway: gateway.v1.Gateway/Process over RabbitMQ request/reply")]
+#[command(
+    name = "gateway",
+    version,
+    about = "gRPC-to-AMQP gateway: gateway.v1.Gateway/Process over RabbitMQ request/reply"
+)]
 pub struct Args {
     /// AMQP URL of the broker (the password is never logged).
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true, hide_default_value = true)]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub amqp_url: String,
 
     /// Address the gRPC server listens on.
@@ -151,12 +161,8 @@ impl Args {
     /// Checks the flags and builds the configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let url = AmqpUrl::parse(&self.amqp_url)?;
-        let routes: BTreeSet<String> = self
-            .routes
-            .into_iter()
-            .map(|r| r.trim().to_owned())
-            .filter(|r| !r.is_empty())
-            .collect();
+        let routes: BTreeSet<String> =
+            self.routes.into_iter().map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect();
         if routes.is_empty() {
             return Err(ConfigError::NoRoutes);
         }
@@ -164,10 +170,8 @@ impl Args {
             return Err(ConfigError::Route(bad.clone()));
         }
         let default_route = self.default_route.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
-        if let Some(route) = &default_route {
-            if !routes.contains(route) {
-                return Err(ConfigError::DefaultRouteNotAllowed(route.clone()));
-            }
+        if let Some(route) = default_route.as_ref().filter(|r| !routes.contains(*r)) {
+            return Err(ConfigError::DefaultRouteNotAllowed(route.clone()));
         }
         for (name, value) in [
             ("max-in-flight", self.max_in_flight),
@@ -246,5 +250,4 @@ mod tests {
         assert!(shown.contains("user:****@broker"), "{shown}");
         assert_eq!(config.amqp.url.expose(), "amqp://user:s3cret@broker:5672/%2f");
     }
-
 }

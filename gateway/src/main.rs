@@ -12,7 +12,8 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = otel::init(args.log_format, "info").context("telemetry")?;
     let config = args.into_config().context("invalid configuration")?;
 
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
         broker = %config.amqp.url,

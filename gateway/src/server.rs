@@ -16,8 +16,8 @@ use tracing::Instrument;
 
 use crate::{
     amqp::AmqpClient,
-    config::Config,
     call::{CallLayer, DeadlinePolicy},
+    config::Config,
     limit::InFlightLimitLayer,
     service::GatewayService,
 };
@@ -80,7 +80,8 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let client = AmqpClient::start(config.amqp.clone(), amqp_shutdown.clone(), &tracker);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    tracker.spawn(report_health(client.connected(), health, shutdown.clone()).instrument(tracing::info_span!("health")));
+    tracker
+        .spawn(report_health(client.connected(), health, shutdown.clone()).instrument(tracing::info_span!("health")));
 
     // v1 and v1alpha both, so grpcurl and other tools of any age work.
     let reflection = || {
@@ -94,13 +95,16 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let abort = CancellationToken::new();
     let in_flight = InFlightLimitLayer::new(config.max_in_flight);
     let service = GatewayService::new(client.clone(), config.limits.clone(), abort.clone());
-    let policy = DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
+    let policy =
+        DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
     // Shedding first: an overloaded gateway refuses a call before spending
     // anything on it.
-    let gateway = in_flight.layer(CallLayer::new(policy).layer(
-        GatewayServer::new(service)
-            .max_decoding_message_size(config.limits.max_payload_bytes.saturating_add(ENVELOPE_ALLOWANCE)),
-    ));
+    let gateway = in_flight.layer(
+        CallLayer::new(policy).layer(
+            GatewayServer::new(service)
+                .max_decoding_message_size(config.limits.max_payload_bytes.saturating_add(ENVELOPE_ALLOWANCE)),
+        ),
+    );
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let drain_started = shutdown.clone();

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::{
     amqp::{AmqpClient, Call, Reply},
-    config::Limits,
     call::{CallContext, Deadline, DeadlinePolicy},
+    config::Limits,
     error::GatewayError,
     validate,
 };
@@ -41,7 +41,12 @@ impl GatewayService {
         Self { client, limits: Arc::new(limits), abort }
     }
 
-    async fn process(&self, request: ProcessRequest, deadline: Deadline, id: Uuid) -> Result<ProcessResponse, GatewayError> {
+    async fn process(
+        &self,
+        request: ProcessRequest,
+        deadline: Deadline,
+        id: Uuid,
+    ) -> Result<ProcessResponse, GatewayError> {
         let route = validate::route(&self.limits, &request.route)?;
         validate::payload(&self.limits, request.payload.len())?;
         validate::headers(&self.limits, &request.headers)?;
@@ -85,8 +90,12 @@ impl Gateway for GatewayService {
         // Set by `CallLayer`; the fallback only matters when the service is
         // mounted without it (then nothing enforces the deadline either).
         let context = request.extensions().get::<CallContext>().copied().unwrap_or_else(|| {
-            let policy = DeadlinePolicy { default_timeout: self.limits.default_timeout, max_timeout: self.limits.max_timeout };
-            CallContext { deadline: policy.deadline(request.metadata().as_ref(), Instant::now()), correlation_id: Uuid::new_v4() }
+            let policy =
+                DeadlinePolicy { default_timeout: self.limits.default_timeout, max_timeout: self.limits.max_timeout };
+            CallContext {
+                deadline: policy.deadline(request.metadata().as_ref(), Instant::now()),
+                correlation_id: Uuid::new_v4(),
+            }
         });
         let id = context.correlation_id;
         self.process(request.into_inner(), context.deadline, id).await.map(Response::new).map_err(|error| {

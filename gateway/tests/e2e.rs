@@ -3,6 +3,8 @@
 //! workers built with the `worker` library answer. Every test uses its own
 //! queue names, so runs never share state on the broker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -29,7 +31,8 @@ use worker::{Request, Response, RunningWorker, Status, WorkerConfig};
 
 const READY: Duration = Duration::from_secs(15);
 
-type RawHttp2 = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+type RawHttp2 =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
 
 /// A gateway serving on a loopback port, shut down when dropped.
 struct TestGateway {
@@ -277,14 +280,14 @@ async fn route_without_queue_is_unavailable_at_once() {
     let route = testkit::unique("nobody-home");
     let gateway = TestGateway::start(&[&route], &[]).await;
     let started = Instant::now();
-    let status = gateway
-        .client()
-        .await
-        .process(with_timeout(request(&route, "x"), Duration::from_secs(30)))
-        .await
-        .unwrap_err();
+    let status =
+        gateway.client().await.process(with_timeout(request(&route, "x"), Duration::from_secs(30))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}: should fail on basic.return, not at the deadline", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}: should fail on basic.return, not at the deadline",
+        started.elapsed()
+    );
     assert_eq!(gateway.running().client().stats().unroutable.load(Ordering::Relaxed), 1);
     assert_eq!(gateway.running().client().pending(), 0);
 }
@@ -550,4 +553,38 @@ async fn shutdown_drains_calls_in_flight() {
         let response = call.await.unwrap().unwrap().into_inner();
         assert_eq!(response.payload, format!("drain-{i}").as_bytes());
     }
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let route = testkit::unique("reflect");
+    let gateway = TestGateway::start(&[&route], &[]).await;
+    let channel = Channel::from_shared(format!("http://{}", gateway.addr)).unwrap().connect().await.unwrap();
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let mut answers = client.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1: not a service list");
+    };
+    assert!(list.service.iter().any(|s| s.name == "gateway.v1.Gateway"), "{list:?}");
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let mut answers = client.server_reflection_info(futures::stream::iter([request])).await.unwrap().into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha: not a service list");
+    };
+    assert!(list.service.iter().any(|s| s.name == "gateway.v1.Gateway"), "{list:?}");
 }

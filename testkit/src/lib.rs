@@ -73,21 +73,38 @@ pub fn grpcurl() -> PathBuf {
     })
 }
 
-/// A child process killed when dropped, so a failing test leaves nothing behind.
+/// A child process killed when dropped, so a failing test leaves nothing
+/// behind. Its stdout and stderr go to a log file, printed when the test fails
+/// (the process is dropped during the panic) and readable with [`Process::log`].
 #[derive(Debug)]
 pub struct Process {
     child: Child,
     name: String,
+    log: PathBuf,
 }
 
 impl Process {
-    /// Starts a workspace binary with `args` and `env`; its output goes to the
-    /// test's output (shown by the test runner when the test fails).
+    /// Starts a workspace binary with `args` and `env`.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
+        let stderr = file.try_clone().unwrap_or_else(|e| panic!("clone log handle: {e}"));
         let mut command = Command::new(bin(name));
-        command.args(args).envs(env.iter().copied()).stdin(Stdio::null()).kill_on_drop(true);
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(stderr)
+            .kill_on_drop(true);
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self { child, name: name.to_owned() }
+        Self { child, name: name.to_owned(), log }
+    }
+
+    /// Everything the process has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The process id.
@@ -96,7 +113,7 @@ impl Process {
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
-    pub async fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = self.pid();
         let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM {pid} failed");
@@ -113,4 +130,13 @@ impl Process {
 pub fn free_addr() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"))
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- log of {} ({:?}) -----\n{}", self.name, self.log, self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
 }

@@ -28,6 +28,13 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Defaults for serving `queue` on the broker at `url`.
     pub fn new(url: AmqpUrl, queue: impl Into<String>) -> Self {
-        Self { url, queue: queue.into(), prefetch: 16, durable: true, declare: true, shutdown_grace: Duration::from_secs(10) }
+        Self {
+            url,
+            queue: queue.into(),
+            prefetch: 16,
+            durable: true,
+            declare: true,
+            shutdown_grace: Duration::from_secs(10),
+        }
     }
 }

@@ -182,7 +182,8 @@ impl Session {
         // the broker has its reply (at-least-once).
         bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
         bounded(channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
-        let options = QueueDeclareOptions { durable: config.durable, passive: !config.declare, ..QueueDeclareOptions::default() };
+        let options =
+            QueueDeclareOptions { durable: config.durable, passive: !config.declare, ..QueueDeclareOptions::default() };
         bounded(channel.queue_declare(config.queue.as_str().into(), options, FieldTable::default())).await?;
         let consumer = bounded(channel.basic_consume(
             config.queue.as_str().into(),
@@ -194,7 +195,13 @@ impl Session {
         Ok(Self { connection, channel, consumer })
     }
 
-    async fn serve<S>(mut self, config: &WorkerConfig, handler: S, shutdown: &CancellationToken, stats: &Arc<Stats>) -> Ended
+    async fn serve<S>(
+        mut self,
+        config: &WorkerConfig,
+        handler: S,
+        shutdown: &CancellationToken,
+        stats: &Arc<Stats>,
+    ) -> Ended
     where
         S: Service<Request, Response = Response, Error = Status> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -231,7 +238,10 @@ impl Session {
             }
             tracing::info!(in_flight = tracker.len(), grace = ?config.shutdown_grace, "draining requests in flight");
             if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
-                tracing::warn!(unfinished = tracker.len(), "grace period over: unfinished requests go back to the queue");
+                tracing::warn!(
+                    unfinished = tracker.len(),
+                    "grace period over: unfinished requests go back to the queue"
+                );
             }
         }
         // Whatever is still running stops now; its requests were not acked.

@@ -16,7 +16,11 @@ pub fn echo(delay: Duration) -> BoxHandler {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok::<_, Status>(Response { payload: request.payload, content_type: request.content_type, headers: request.headers })
+        Ok::<_, Status>(Response {
+            payload: request.payload,
+            content_type: request.content_type,
+            headers: request.headers,
+        })
     }))
 }
 

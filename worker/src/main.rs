@@ -13,7 +13,13 @@ use worker::{WorkerConfig, handlers};
 #[command(name = "worker", version, about = "AMQP worker answering gateway requests with a built-in handler")]
 struct Args {
     /// AMQP URL of the broker (the password is never logged).
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true, hide_default_value = true)]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     amqp_url: AmqpUrl,
 
     /// Route to serve: the queue consumed (declared if missing).

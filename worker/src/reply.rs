@@ -28,10 +28,8 @@ pub(crate) async fn publish(
     outcome: Result<Response, Status>,
 ) -> Result<(), ReplyError> {
     let (payload, properties) = encode(correlation_id, outcome);
-    let confirm = channel
-        .basic_publish("".into(), reply_to, BasicPublishOptions::default(), &payload, properties)
-        .await?
-        .await?;
+    let confirm =
+        channel.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &payload, properties).await?.await?;
     match confirm {
         Confirmation::Nack(_) => Err(ReplyError::Nacked),
         // A reply to a caller that is gone is returned or dropped by the
@@ -41,7 +39,10 @@ pub(crate) async fn publish(
 }
 
 /// The body and properties of a reply.
-pub(crate) fn encode(correlation_id: ShortString, outcome: Result<Response, Status>) -> (bytes::Bytes, BasicProperties) {
+pub(crate) fn encode(
+    correlation_id: ShortString,
+    outcome: Result<Response, Status>,
+) -> (bytes::Bytes, BasicProperties) {
     let mut headers = FieldTable::default();
     let properties = BasicProperties::default().with_correlation_id(correlation_id);
     match outcome {

@@ -2,6 +2,8 @@
 //! the real RabbitMQ from `AMQP_URL`: what any publisher may send and what the
 //! worker must do with it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
 use std::{
     sync::atomic::Ordering,
     time::{Duration, SystemTime},
@@ -36,7 +38,10 @@ impl Caller {
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
         let reply_queue = queue.name().to_string();
         let consume = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-        let replies = channel.basic_consume(reply_queue.as_str().into(), "".into(), consume, FieldTable::default()).await.unwrap();
+        let replies = channel
+            .basic_consume(reply_queue.as_str().into(), "".into(), consume, FieldTable::default())
+            .await
+            .unwrap();
         Self { _connection: connection, channel, replies, reply_queue }
     }
 
@@ -50,7 +55,9 @@ impl Caller {
     }
 
     fn request(&self, correlation_id: &str) -> BasicProperties {
-        BasicProperties::default().with_reply_to(self.reply_queue.as_str().into()).with_correlation_id(correlation_id.into())
+        BasicProperties::default()
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(correlation_id.into())
     }
 
     async fn next_reply(&mut self) -> lapin::message::Delivery {
@@ -119,14 +126,21 @@ async fn expired_requests_are_acked_and_dropped_without_work() {
     caller.publish(&queue, b"in time", caller.request("fresh").with_headers(headers)).await;
 
     let reply = caller.next_reply().await;
-    assert_eq!(reply.properties.correlation_id().as_ref().map(|c| c.as_str()), Some("fresh"), "only the live request is answered");
+    assert_eq!(
+        reply.properties.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("fresh"),
+        "only the live request is answered"
+    );
     let stats = worker.stats();
     testkit::eventually("one expired, one replied", Duration::from_secs(5), || {
         let counts = (counter(stats, |s| &s.expired), counter(stats, |s| &s.replied));
         async move { counts == (1, 1) }
     })
     .await;
-    testkit::eventually("queue empty (the expired request was acked)", Duration::from_secs(5), || caller.depth(&queue).then_eq(0)).await;
+    testkit::eventually("queue empty (the expired request was acked)", Duration::from_secs(5), || {
+        caller.depth(&queue).then_eq(0)
+    })
+    .await;
     shutdown.cancel();
 }
 
@@ -146,7 +160,11 @@ async fn messages_without_reply_to_or_correlation_id_are_rejected() {
     let mut arguments = FieldTable::default();
     arguments.insert("x-dead-letter-exchange".into(), wire::long_string(""));
     arguments.insert("x-dead-letter-routing-key".into(), wire::long_string(dead_letters.as_str()));
-    caller.channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments.clone()).await.unwrap();
+    caller
+        .channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments.clone())
+        .await
+        .unwrap();
 
     // The queue exists with arguments of its own: the worker must not redeclare it.
     let worker = echo_worker_on_existing(&queue, &shutdown).await;
@@ -159,7 +177,10 @@ async fn messages_without_reply_to_or_correlation_id_are_rejected() {
         async move { rejected == 2 }
     })
     .await;
-    testkit::eventually("rejected messages dead-lettered, not requeued", Duration::from_secs(5), || caller.depth(&dead_letters).then_eq(2)).await;
+    testkit::eventually("rejected messages dead-lettered, not requeued", Duration::from_secs(5), || {
+        caller.depth(&dead_letters).then_eq(2)
+    })
+    .await;
     assert_eq!(caller.depth(&queue).await, 0);
     assert_eq!(counter(worker.stats(), |s| &s.replied), 0);
     shutdown.cancel();
@@ -192,7 +213,10 @@ async fn shutdown_finishes_requests_in_flight_and_returns_the_rest() {
         let reply = caller.next_reply().await;
         assert!(reply.data.starts_with(b"job-"));
     }
-    testkit::eventually("unstarted requests back in the queue", Duration::from_secs(5), || caller.depth(&queue).then_eq(6)).await;
+    testkit::eventually("unstarted requests back in the queue", Duration::from_secs(5), || {
+        caller.depth(&queue).then_eq(6)
+    })
+    .await;
 }
 
 /// `future.then_eq(n)`: resolves to whether the future's output equals `n`.

@@ -69,7 +69,11 @@ async fn bounded<T>(step: impl Future<Output = lapin::Result<T>>) -> Result<T, O
 impl Session {
     /// Connects, opens `config.channels` publisher channels and starts their
     /// reply tasks on `tracker`.
-    pub(crate) async fn open(config: &AmqpConfig, stats: &Arc<Stats>, tracker: &TaskTracker) -> Result<Arc<Self>, OpenError> {
+    pub(crate) async fn open(
+        config: &AmqpConfig,
+        stats: &Arc<Stats>,
+        tracker: &TaskTracker,
+    ) -> Result<Arc<Self>, OpenError> {
         let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-gateway".into());
         let connection = bounded(Connection::connect(config.url.expose(), properties)).await?;
         let lost = CancellationToken::new();
@@ -95,7 +99,10 @@ impl Session {
             let task = route_replies(consumer, pending, stats.clone(), lost.clone());
             tracker.spawn(task.instrument(tracing::info_span!("replies", channel = channel_id)));
         }
-        tracker.spawn(watch_connection(connection.events_listener(), lost.clone()).instrument(tracing::info_span!("connection-events")));
+        tracker.spawn(
+            watch_connection(connection.events_listener(), lost.clone())
+                .instrument(tracing::info_span!("connection-events")),
+        );
         Ok(Arc::new(Self { connection, slots, next: AtomicUsize::new(0), lost }))
     }
 

@@ -1,0 +1,134 @@
+//! The real binaries, as an operator runs them: `worker` and `gateway`
+//! processes against the broker from `AMQP_URL`, driven by grpcurl through
+//! server reflection, stopped with SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use std::{net::SocketAddr, time::Duration};
+
+use testkit::Process;
+use tokio::process::Command;
+
+const READY: Duration = Duration::from_secs(20);
+
+/// Runs `grpcurl -plaintext FLAGS ADDR COMMAND`; returns (success, stdout + stderr).
+async fn grpcurl(addr: SocketAddr, flags: &[&str], command: &[&str]) -> (bool, String) {
+    let output = Command::new(testkit::grpcurl())
+        .arg("-plaintext")
+        .args(flags)
+        .arg(addr.to_string())
+        .args(command)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Polls until `process` has logged `line`.
+async fn logged(process: &Process, line: &str) {
+    testkit::eventually(&format!("log line {line:?}"), READY, || {
+        let found = process.log().contains(line);
+        async move { found }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_calls_and_checks_health() {
+    let url = testkit::amqp_url();
+    let route = testkit::unique("grpcurl");
+    let mut worker = Process::spawn("worker", &["--route", &route, "--durable", "false"], &[("AMQP_URL", &url)]);
+    logged(&worker, "consuming").await;
+
+    let addr = testkit::free_addr();
+    let listen = addr.to_string();
+    let mut gateway = Process::spawn(
+        "gateway",
+        &["--listen", &listen, "--routes", &route, "--default-route", &route],
+        &[("AMQP_URL", &url)],
+    );
+    logged(&gateway, "connected to the broker").await;
+
+    // Health, as load balancers and orchestrators ask for it.
+    testkit::eventually("health SERVING", READY, || async move {
+        let (ok, out) =
+            grpcurl(addr, &["-d", r#"{"service":"gateway.v1.Gateway"}"#], &["grpc.health.v1.Health/Check"]).await;
+        ok && out.contains("\"SERVING\"")
+    })
+    .await;
+    let (ok, out) = grpcurl(addr, &[], &["grpc.health.v1.Health/Check"]).await;
+    assert!(ok && out.contains("\"SERVING\""), "{out}");
+
+    // Discovery through reflection, with the proto's comments.
+    let (ok, out) = grpcurl(addr, &[], &["list"]).await;
+    assert!(ok, "{out}");
+    for service in ["gateway.v1.Gateway", "grpc.health.v1.Health"] {
+        assert!(out.lines().any(|l| l.trim() == service), "{service} missing from:\n{out}");
+    }
+    // grpcurl lists the reflection version it speaks (v1alpha before 1.9, v1
+    // after); both are served, see `e2e::reflection_v1_and_v1alpha`.
+    assert!(out.lines().any(|l| l.trim().starts_with("grpc.reflection.v1")), "{out}");
+    let (ok, out) = grpcurl(addr, &[], &["describe", "gateway.v1.Gateway"]).await;
+    assert!(
+        ok && out.contains("rpc Process ( .gateway.v1.ProcessRequest ) returns ( .gateway.v1.ProcessResponse )"),
+        "{out}"
+    );
+    assert!(out.contains("Process publishes one request"), "comments must reach grpcurl:\n{out}");
+    let (ok, out) = grpcurl(addr, &[], &["describe", "gateway.v1.ProcessRequest"]).await;
+    assert!(ok && out.contains("string route = 1;") && out.contains("Worker pool to call"), "{out}");
+
+    // A call, exactly as the README shows it ("aGVsbG8=" is "hello").
+    let body = format!(r#"{{"route":"{route}","payload":"aGVsbG8=","content_type":"text/plain"}}"#);
+    let (ok, out) = grpcurl(addr, &["-d", &body], &["gateway.v1.Gateway/Process"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains(r#""payload": "aGVsbG8=""#) && out.contains(r#""contentType": "text/plain""#), "{out}");
+    assert!(out.contains(r#""correlationId": ""#), "{out}");
+    // The default route.
+    let (ok, out) = grpcurl(addr, &["-d", r#"{"payload":"aGk="}"#], &["gateway.v1.Gateway/Process"]).await;
+    assert!(ok && out.contains(r#""payload": "aGk=""#), "{out}");
+    // A refused call shows its code.
+    let (ok, out) = grpcurl(addr, &["-d", r#"{"route":"not-allowed"}"#], &["gateway.v1.Gateway/Process"]).await;
+    assert!(!ok && out.contains("Code: InvalidArgument"), "{out}");
+
+    // Graceful stop, and no credential in any log line.
+    assert!(gateway.terminate(Duration::from_secs(20)).await.success(), "{}", gateway.log());
+    assert!(worker.terminate(Duration::from_secs(20)).await.success(), "{}", worker.log());
+    assert!(gateway.log().contains("AMQP connection closed"), "{}", gateway.log());
+    assert!(worker.log().contains("AMQP connection closed"), "{}", worker.log());
+    if let Some(password) = password_of(&url) {
+        for process in [&gateway, &worker] {
+            assert!(!process.log().contains(&format!(":{password}@")), "password leaked in:\n{}", process.log());
+        }
+    }
+}
+
+#[tokio::test]
+async fn help_does_not_show_the_amqp_url() {
+    let url = "amqp://user:hunter2-secret@127.0.0.1:5672/%2f";
+    for binary in ["gateway", "worker"] {
+        let output = Command::new(testkit::bin(binary)).arg("--help").env("AMQP_URL", url).output().await.unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success() && help.contains("--amqp-url"), "{help}");
+        assert!(!help.contains("hunter2-secret"), "{binary} --help shows the password:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_with_a_clear_message() {
+    let url = testkit::amqp_url();
+    let output = Command::new(testkit::bin("gateway"))
+        .args(["--routes", "a,b", "--default-route", "c", "--listen", "127.0.0.1:0"])
+        .env("AMQP_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("default route \"c\" is not in the allow-list"), "{stderr}");
+}
+
+fn password_of(url: &str) -> Option<String> {
+    let authority = url.split("://").nth(1)?.split('@').next()?;
+    authority.split_once(':').map(|(_, p)| p.to_owned()).filter(|p| !p.is_empty())
+}
