@@ -43,8 +43,12 @@ struct TestGateway {
 
 impl TestGateway {
     async fn start(routes: &[&str], extra: &[&str]) -> Self {
+        Self::start_with_url(&testkit::amqp_url(), routes, extra).await
+    }
+
+    async fn start_with_url(url: &str, routes: &[&str], extra: &[&str]) -> Self {
         let routes = routes.join(",");
-        let url = testkit::amqp_url();
+        let url = url.to_owned();
         let mut argv = vec!["gateway", "--amqp-url", &url, "--routes", &routes];
         argv.extend_from_slice(extra);
         let config: Config = <Args as clap::Parser>::try_parse_from(argv).unwrap().into_config().unwrap();
@@ -587,4 +591,51 @@ async fn reflection_v1_and_v1alpha() {
         panic!("v1alpha: not a service list");
     };
     assert!(list.service.iter().any(|s| s.name == "gateway.v1.Gateway"), "{list:?}");
+}
+
+#[tokio::test]
+async fn connection_loss_fails_waiting_calls_at_once_then_recovers() {
+    let route = testkit::unique("cut");
+    // Holds "slow" requests far longer than the test waits for the failure.
+    let handler = service_fn(|request: Request| async move {
+        if request.payload.as_ref() == b"slow" {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+        Ok::<_, Status>(Response::new(request.payload))
+    });
+    let _worker = TestWorker::start(&route, handler).await;
+    // The gateway reaches the broker through a proxy this test owns.
+    let proxy = testkit::TcpProxy::start(testkit::broker_addr()).await;
+    let gateway = TestGateway::start_with_url(&testkit::amqp_url_via(proxy.addr()), &[&route], &[]).await;
+    let mut client = gateway.client().await;
+
+    let mut waiting = client.clone();
+    let waiting_route = route.clone();
+    let call = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = waiting.process(with_timeout(request(&waiting_route, "slow"), Duration::from_secs(30))).await;
+        (result, started.elapsed())
+    });
+    let amqp = gateway.running().client().clone();
+    testkit::eventually("call waiting for its reply", Duration::from_secs(5), || {
+        let pending = amqp.pending();
+        async move { pending == 1 }
+    })
+    .await;
+
+    proxy.cut();
+    let (result, elapsed) = call.await.unwrap();
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(elapsed < Duration::from_secs(10), "failed after {elapsed:?}: must not wait for the reply or the deadline");
+    assert_eq!(amqp.pending(), 0);
+
+    // The gateway reconnects by itself and serves again.
+    testkit::eventually("gateway reconnected", Duration::from_secs(20), || {
+        let back = amqp.is_connected() && amqp.stats().reconnects.load(Ordering::Relaxed) == 1;
+        async move { back }
+    })
+    .await;
+    let response = client.process(request(&route, "after")).await.unwrap().into_inner();
+    assert_eq!(&response.payload[..], b"after");
 }

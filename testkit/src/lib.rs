@@ -13,7 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::process::{Child, Command};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    process::{Child, Command},
+    sync::watch,
+    task::JoinHandle,
+};
 
 /// The broker under test. Panics with instructions when `AMQP_URL` is unset.
 pub fn amqp_url() -> String {
@@ -138,5 +143,75 @@ impl Drop for Process {
             eprintln!("----- log of {} ({:?}) -----\n{}", self.name, self.log, self.log());
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The broker's address (`host:port` of `AMQP_URL`), for a [`TcpProxy`].
+pub fn broker_addr() -> std::net::SocketAddr {
+    let url = url::Url::parse(&amqp_url()).unwrap_or_else(|e| panic!("AMQP_URL does not parse: {e}"));
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let port = url.port().unwrap_or(5672);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve the broker at {host}:{port}"))
+}
+
+/// `AMQP_URL` with its host and port replaced by `addr`.
+pub fn amqp_url_via(addr: std::net::SocketAddr) -> String {
+    let mut url = url::Url::parse(&amqp_url()).unwrap_or_else(|e| panic!("AMQP_URL does not parse: {e}"));
+    let _ = url.set_ip_host(addr.ip());
+    let _ = url.set_port(Some(addr.port()));
+    url.to_string()
+}
+
+/// A loopback TCP proxy owned by one test, placed between a process and the
+/// broker, so the test can cut connections without touching the broker.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: std::net::SocketAddr,
+    cuts: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Forwards connections made to [`TcpProxy::addr`] to `upstream`.
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("proxy bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("proxy addr: {e}"));
+        let (cuts, _) = watch::channel(0u64);
+        let cut_signal = cuts.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = cut_signal.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                    // Both sockets drop here: the client sees its connection
+                    // vanish, with no AMQP close.
+                });
+            }
+        });
+        Self { addr, cuts, accept }
+    }
+
+    /// The address to connect to instead of the broker.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Drops every connection open now. New connections are accepted.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }

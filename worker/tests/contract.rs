@@ -227,3 +227,33 @@ trait ThenEq: std::future::Future<Output = u32> + Sized {
 }
 
 impl<F: std::future::Future<Output = u32>> ThenEq for F {}
+
+#[tokio::test]
+async fn connection_loss_redelivers_unacked_requests_after_reconnecting() {
+    let queue = testkit::unique("contract-cut");
+    let proxy = testkit::TcpProxy::start(testkit::broker_addr()).await;
+    // The first delivery hangs; the redelivery is answered at once.
+    let handler = tower::service_fn(|request: worker::Request| async move {
+        if !request.redelivered {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Ok::<_, worker::Status>(worker::Response::new(format!("redelivered={}", request.redelivered)))
+    });
+    let mut config = WorkerConfig::new(testkit::amqp_url_via(proxy.addr()).parse().unwrap(), &queue);
+    config.durable = false;
+    let shutdown = CancellationToken::new();
+    let worker = worker::spawn(config, handler, shutdown.clone());
+    assert!(worker.consuming(READY).await);
+
+    let mut caller = Caller::new().await;
+    caller.publish(&queue, b"job", caller.request("job-1")).await;
+    testkit::eventually("request taken by the worker", Duration::from_secs(5), || caller.depth(&queue).then_eq(0))
+        .await;
+
+    proxy.cut();
+    let reply = caller.next_reply().await;
+    assert_eq!(reply.data, b"redelivered=true");
+    assert_eq!(reply.properties.correlation_id().as_ref().map(|c| c.as_str()), Some("job-1"));
+    assert_eq!(counter(worker.stats(), |s| &s.reconnects), 1);
+    shutdown.cancel();
+}

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer,
     message::Delivery,
-    options::{BasicConsumeOptions, ConfirmSelectOptions},
+    options::{BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::FieldTable,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -58,6 +58,8 @@ pub(crate) struct Session {
 pub(crate) enum OpenError {
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("exchange {0:?} is not usable: {1}")]
+    Exchange(String, Box<OpenError>),
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
 }
@@ -77,6 +79,21 @@ impl Session {
         let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-gateway".into());
         let connection = bounded(Connection::connect(config.url.expose(), properties)).await?;
         let lost = CancellationToken::new();
+        if !config.exchange.is_empty() {
+            // Publishing to a missing exchange closes the channel: check once
+            // here, so a typo fails the connection attempt with a clear error
+            // instead of every call.
+            let channel = bounded(connection.create_channel()).await?;
+            let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+            let declare = channel.exchange_declare(
+                config.exchange.as_str().into(),
+                lapin::ExchangeKind::Direct,
+                passive,
+                FieldTable::default(),
+            );
+            bounded(declare).await.map_err(|e| OpenError::Exchange(config.exchange.clone(), Box::new(e)))?;
+            let _ = channel.close(200, "exchange checked".into()).await;
+        }
 
         let mut slots = Vec::with_capacity(config.channels);
         let mut consumers = Vec::with_capacity(config.channels);
