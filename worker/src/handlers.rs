@@ -24,9 +24,10 @@ pub fn echo(delay: Duration) -> BoxHandler {
     }))
 }
 
-/// Adapts a service with any error type into a handler: errors that are
-/// already a [`Status`] pass through, anything else becomes INTERNAL (its text
-/// is logged, not sent).
+/// Adapts a service with any error type into a handler, so tower middleware
+/// composes: errors that are already a [`Status`] pass through, tower's
+/// timeout becomes DEADLINE_EXCEEDED, anything else becomes INTERNAL (its text
+/// is logged, not sent to the caller).
 pub fn from_service<S>(service: S) -> BoxHandler
 where
     S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
@@ -37,10 +38,62 @@ where
         let e: BoxError = e.into();
         match e.downcast::<Status>() {
             Ok(status) => *status,
+            Err(other) if other.is::<tower::timeout::error::Elapsed>() => {
+                Status::deadline_exceeded("the worker's handler timed out")
+            }
             Err(other) => {
                 tracing::error!(error = %other, "handler failed");
                 Status::internal("the worker failed to process the request")
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use tower::ServiceBuilder;
+
+    use super::*;
+    use crate::Code;
+
+    fn request(payload: &'static [u8]) -> Request {
+        Request {
+            payload: Bytes::from_static(payload),
+            content_type: Some("text/plain".into()),
+            headers: BTreeMap::from([("k".into(), "v".into())]),
+            deadline: None,
+            correlation_id: "id".into(),
+            route: "r".into(),
+            redelivered: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn echo_returns_what_it_got() {
+        let response = echo(Duration::ZERO).oneshot(request(b"hi")).await.unwrap();
+        assert_eq!(&response.payload[..], b"hi");
+        assert_eq!(response.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(response.headers.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn middleware_errors_become_statuses() {
+        let slow = service_fn(|_r: Request| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, Status>(Response::default())
+        });
+        let timed = from_service(ServiceBuilder::new().timeout(Duration::from_millis(10)).service(slow));
+        assert_eq!(timed.oneshot(request(b"")).await.unwrap_err().code(), Code::DeadlineExceeded);
+
+        let failing = service_fn(|_r: Request| async { Err::<Response, _>(std::io::Error::other("disk on fire")) });
+        let status = from_service(failing).oneshot(request(b"")).await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("disk on fire"), "internal detail leaked: {}", status.message());
+
+        let refusing = service_fn(|_r: Request| async { Err::<Response, _>(Status::not_found("nope")) });
+        assert_eq!(from_service(refusing).oneshot(request(b"")).await.unwrap_err().code(), Code::NotFound);
+    }
 }
