@@ -38,16 +38,15 @@ async fn logged(process: &Process, line: &str) {
 async fn grpcurl_lists_describes_calls_and_checks_health() {
     let url = testkit::amqp_url();
     let route = testkit::unique("grpcurl");
-    let mut worker = Process::spawn("worker", &["--route", &route, "--durable", "false"], &[("AMQP_URL", &url)]);
+    // Debug logs: the credential check at the end covers more than the defaults.
+    let env = [("AMQP_URL", url.as_str()), ("RUST_LOG", "debug")];
+    let mut worker = Process::spawn("worker", &["--route", &route, "--durable", "false"], &env);
     logged(&worker, "consuming").await;
 
     let addr = testkit::free_addr();
     let listen = addr.to_string();
-    let mut gateway = Process::spawn(
-        "gateway",
-        &["--listen", &listen, "--routes", &route, "--default-route", &route],
-        &[("AMQP_URL", &url)],
-    );
+    let mut gateway =
+        Process::spawn("gateway", &["--listen", &listen, "--routes", &route, "--default-route", &route], &env);
     logged(&gateway, "connected to the broker").await;
 
     // Health, as load balancers and orchestrators ask for it.

@@ -89,7 +89,8 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts a workspace binary with `args` and `env`.
+    /// Starts a workspace binary with `args` and `env` (`RUST_LOG` only if
+    /// `env` sets it: the test runner's own filter is not passed on).
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
@@ -97,8 +98,8 @@ impl Process {
         let mut command = Command::new(bin(name));
         command
             .args(args)
-            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(stderr)
