@@ -30,6 +30,7 @@ use http::{HeaderMap, HeaderValue, Request};
 use pin_project_lite::pin_project;
 use tonic::{Status, body::Body, server::NamedService};
 use tower::{Layer, Service};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 /// gRPC metadata key carrying the call's correlation id on every answer.
@@ -151,7 +152,7 @@ impl<S: NamedService> NamedService for CallService<S> {
 
 impl<S, B> Service<Request<B>> for CallService<S>
 where
-    S: Service<Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    S: Service<Request<B>, Response = http::Response<Body>, Error = Infallible> + NamedService,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -166,22 +167,64 @@ where
         let deadline = self.policy.deadline(request.headers(), Instant::now());
         let correlation_id = Uuid::new_v4();
         request.extensions_mut().insert(CallContext { deadline, correlation_id });
-        CallFuture {
-            inner: self.inner.call(request),
-            sleep: tokio::time::sleep_until(deadline.instant()),
-            correlation_id,
-        }
+        let span = server_span(S::NAME, &request, correlation_id);
+        let inner = span.in_scope(|| self.inner.call(request));
+        CallFuture { inner, sleep: tokio::time::sleep_until(deadline.instant()), correlation_id, span, done: false }
+    }
+}
+
+/// The RPC's server span, continuing the caller's trace when the request
+/// carries `traceparent`, named and attributed per the OpenTelemetry RPC
+/// conventions.
+fn server_span<B>(service: &str, request: &Request<B>, correlation_id: Uuid) -> tracing::Span {
+    let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        correlation_id = %correlation_id,
+    );
+    let _ = span.set_parent(otel::propagation::extract_http(request.headers()));
+    span
+}
+
+/// The gRPC status of a response: in its headers for a trailers-only error,
+/// else OK (a unary success carries it in the trailers).
+fn status_code(response: &http::Response<Body>) -> i64 {
+    response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0)
+}
+
+fn record_status(span: &tracing::Span, code: i64) {
+    span.record("rpc.grpc.status_code", code);
+    if code != 0 {
+        span.record("otel.status_code", "ERROR");
     }
 }
 
 pin_project! {
-    /// A call racing its deadline.
+    /// A call racing its deadline, inside its server span.
     pub struct CallFuture<F> {
         #[pin]
         inner: F,
         #[pin]
         sleep: tokio::time::Sleep,
         correlation_id: Uuid,
+        span: tracing::Span,
+        done: bool,
+    }
+
+    impl<F> PinnedDrop for CallFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped unanswered: the caller went away.
+            if !this.done {
+                record_status(&this.span, tonic::Code::Cancelled as i64);
+            }
+        }
     }
 }
 
@@ -193,6 +236,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let mut response = match this.inner.poll(cx) {
             Poll::Ready(Ok(response)) => response,
             Poll::Pending => match this.sleep.poll(cx) {
@@ -208,6 +252,8 @@ where
         if let Ok(value) = HeaderValue::from_str(id) {
             response.headers_mut().insert(CORRELATION_ID_METADATA, value);
         }
+        record_status(this.span, status_code(&response));
+        *this.done = true;
         Poll::Ready(Ok(response))
     }
 }

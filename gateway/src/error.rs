@@ -1,5 +1,5 @@
 //! Gateway errors and the one place that decides which gRPC status a caller
-//! sees for each of them.
+//! sees for each of them ([`GatewayError::code`]) and with what message.
 //!
 //! Internal detail (broker errors, lapin messages) is logged here and never
 //! put in a status message: callers learn what happened and what to do, not
@@ -42,31 +42,38 @@ pub enum GatewayError {
     },
 }
 
+impl GatewayError {
+    /// The status code the caller sees for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::ShuttingDown | Self::Call(_) => Code::Unavailable,
+            Self::Worker { code, .. } => *code,
+        }
+    }
+}
+
 impl From<GatewayError> for Status {
     fn from(error: GatewayError) -> Self {
-        match error {
-            GatewayError::InvalidArgument(message) => Status::invalid_argument(message),
-            e @ GatewayError::PayloadTooLarge { .. } => Status::resource_exhausted(e.to_string()),
-            e @ GatewayError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
-            e @ GatewayError::ShuttingDown => Status::unavailable(e.to_string()),
-            GatewayError::Worker { code, message } => Status::new(code, message),
-            GatewayError::Call(error) => {
-                let message = match &error {
-                    CallError::NotConnected | CallError::ConnectionLost => {
-                        "the gateway's broker connection is down; retry with backoff".to_owned()
-                    }
-                    CallError::Unroutable { route } => {
-                        format!("no worker queue is bound for route {route:?}")
-                    }
-                    CallError::Nacked => "the broker refused the request; retry with backoff".to_owned(),
-                    CallError::Publish(source) => {
-                        tracing::warn!(error = %source, "publish failed");
-                        "the request could not be published; retry with backoff".to_owned()
-                    }
-                };
-                Status::unavailable(message)
+        let code = error.code();
+        let message = match error {
+            GatewayError::Worker { message, .. } => message,
+            GatewayError::Call(CallError::NotConnected | CallError::ConnectionLost) => {
+                "the gateway's broker connection is down; retry with backoff".to_owned()
             }
-        }
+            GatewayError::Call(CallError::Unroutable { route }) => {
+                format!("no worker queue is bound for route {route:?}")
+            }
+            GatewayError::Call(CallError::Nacked) => "the broker refused the request; retry with backoff".to_owned(),
+            GatewayError::Call(CallError::Publish(source)) => {
+                tracing::warn!(error = %source, "publish failed");
+                "the request could not be published; retry with backoff".to_owned()
+            }
+            other => other.to_string(),
+        };
+        Status::new(code, message)
     }
 }
 
@@ -88,6 +95,7 @@ mod tests {
             (CallError::Unroutable { route: "r".into() }.into(), Code::Unavailable),
         ];
         for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error:?}");
             assert_eq!(Status::from(error).code(), code);
         }
     }

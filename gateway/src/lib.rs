@@ -15,6 +15,7 @@
 //!   session, its channels, the pending table, reconnection).
 //! - [`error`]: every failure, and the one mapping to a gRPC status.
 //! - [`config`]: flags and environment, checked once at start-up.
+//! - [`metrics`]: counters and Prometheus metrics.
 //!
 //! The wire formats both sides share live in the `amqp-gateway` crate.
 
@@ -23,6 +24,7 @@ pub mod call;
 pub mod config;
 pub mod error;
 pub mod limit;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod validate;

@@ -14,6 +14,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use metrics::{Counter, Gauge};
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body, server::NamedService};
@@ -24,12 +25,15 @@ use tower::{Layer, Service};
 pub struct InFlightLimitLayer {
     permits: Arc<Semaphore>,
     max: usize,
+    gauge: Gauge,
+    shed: Counter,
 }
 
 impl InFlightLimitLayer {
     /// Allows at most `max` calls at once.
     pub fn new(max: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(max)), max }
+        let (gauge, shed) = crate::metrics::in_flight_metrics();
+        Self { permits: Arc::new(Semaphore::new(max)), max, gauge, shed }
     }
 
     /// Calls running now.
@@ -42,7 +46,13 @@ impl<S> Layer<S> for InFlightLimitLayer {
     type Service = InFlightLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        InFlightLimit { inner, permits: self.permits.clone(), max: self.max }
+        InFlightLimit {
+            inner,
+            permits: self.permits.clone(),
+            max: self.max,
+            gauge: self.gauge.clone(),
+            shed: self.shed.clone(),
+        }
     }
 }
 
@@ -52,6 +62,8 @@ pub struct InFlightLimit<S> {
     inner: S,
     permits: Arc<Semaphore>,
     max: usize,
+    gauge: Gauge,
+    shed: Counter,
 }
 
 impl<S: NamedService> NamedService for InFlightLimit<S> {
@@ -72,8 +84,12 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => ResponseFuture::Admitted { inner: self.inner.call(request), _permit: permit },
+            Ok(permit) => {
+                let permit = Admission::new(permit, self.gauge.clone());
+                ResponseFuture::Admitted { inner: self.inner.call(request), _permit: permit }
+            }
             Err(_) => {
+                self.shed.increment(1);
                 tracing::debug!(max_in_flight = self.max, "shedding call: in-flight limit reached");
                 let status = Status::resource_exhausted(format!(
                     "gateway is at its in-flight limit ({} calls); retry with backoff",
@@ -92,9 +108,30 @@ pin_project! {
     #[allow(missing_docs)] // the variants are documented; pin-project-lite adds a generated item
     pub enum ResponseFuture<F> {
         /// Admitted: the permit is released when the call completes or is dropped.
-        Admitted { #[pin] inner: F, _permit: OwnedSemaphorePermit },
+        Admitted { #[pin] inner: F, _permit: Admission },
         /// Shed.
         Shed { response: Option<http::Response<Body>> },
+    }
+}
+
+/// A call's place under the limit, counted in `gateway_calls_in_flight`
+/// until it is dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Admission {
+    fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Self {
+        gauge.increment(1.0);
+        Self { _permit: permit, gauge }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
     }
 }
 

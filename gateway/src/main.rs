@@ -9,8 +9,13 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = otel::init(args.log_format, "info").context("telemetry")?;
+    let _telemetry = otel::init("gateway", args.log_format, "info").context("telemetry")?;
+    let metrics_listen = args.metrics_listen;
     let config = args.into_config().context("invalid configuration")?;
+    if let Some(addr) = metrics_listen {
+        otel::serve_prometheus(addr)?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
 
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -22,6 +22,7 @@ use crate::{
     call::{CallContext, Deadline, DeadlinePolicy},
     config::Limits,
     error::GatewayError,
+    metrics::CallMetrics,
     validate,
 };
 
@@ -30,6 +31,7 @@ use crate::{
 pub struct GatewayService {
     client: AmqpClient,
     limits: Arc<Limits>,
+    metrics: Arc<CallMetrics>,
     abort: CancellationToken,
 }
 
@@ -38,16 +40,19 @@ impl GatewayService {
     /// `abort` answers every call still waiting with UNAVAILABLE (the end of
     /// the shutdown grace period).
     pub fn new(client: AmqpClient, limits: Limits, abort: CancellationToken) -> Self {
-        Self { client, limits: Arc::new(limits), abort }
+        let metrics = Arc::new(CallMetrics::new(&limits.routes));
+        Self { client, limits: Arc::new(limits), metrics, abort }
     }
 
-    async fn process(
-        &self,
+    async fn process<'a>(
+        &'a self,
         request: ProcessRequest,
         deadline: Deadline,
         id: Uuid,
+        record: &mut CallRecord<'a>,
     ) -> Result<ProcessResponse, GatewayError> {
         let route = validate::route(&self.limits, &request.route)?;
+        record.route = Some(route);
         validate::payload(&self.limits, request.payload.len())?;
         validate::headers(&self.limits, &request.headers)?;
         if deadline.remaining().is_zero() {
@@ -98,10 +103,40 @@ impl Gateway for GatewayService {
             }
         });
         let id = context.correlation_id;
-        self.process(request.into_inner(), context.deadline, id).await.map(Response::new).map_err(|error| {
+        let mut record = CallRecord::new(&self.metrics, context.deadline);
+        let result = self.process(request.into_inner(), context.deadline, id, &mut record).await;
+        record.code = Some(result.as_ref().map_or_else(GatewayError::code, |_| Code::Ok));
+        result.map(Response::new).map_err(|error| {
             tracing::debug!(correlation_id = %id, %error, "call failed");
             Status::from(error)
         })
+    }
+}
+
+/// Records a call in the metrics when it ends, however it ends: a handler
+/// dropped before finishing was cut off by its deadline or by the caller.
+struct CallRecord<'a> {
+    metrics: &'a CallMetrics,
+    route: Option<&'a str>,
+    code: Option<Code>,
+    deadline: Deadline,
+    started: Instant,
+}
+
+impl<'a> CallRecord<'a> {
+    fn new(metrics: &'a CallMetrics, deadline: Deadline) -> Self {
+        Self { metrics, route: None, code: None, deadline, started: Instant::now() }
+    }
+}
+
+impl Drop for CallRecord<'_> {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(if self.deadline.remaining().is_zero() {
+            Code::DeadlineExceeded
+        } else {
+            Code::Cancelled
+        });
+        self.metrics.record(self.route, code, self.started.elapsed());
     }
 }
 

@@ -12,14 +12,14 @@ const SHORT_STRING_MAX: usize = 255;
 
 /// The route a request goes to: its own, or the default when empty. Only
 /// allow-listed routes pass.
-pub fn route<'a>(limits: &'a Limits, requested: &'a str) -> Result<&'a str, GatewayError> {
+pub fn route<'a>(limits: &'a Limits, requested: &str) -> Result<&'a str, GatewayError> {
     if requested.is_empty() {
         return limits.default_route.as_deref().ok_or_else(|| {
             GatewayError::InvalidArgument("route is empty and the gateway has no default route".into())
         });
     }
-    if limits.routes.contains(requested) {
-        return Ok(requested);
+    if let Some(route) = limits.routes.get(requested) {
+        return Ok(route);
     }
     // Echo the route only when it is short and printable: it is caller input.
     let shown = if requested.len() <= 64 && requested.chars().all(|c| c.is_ascii_graphic()) {

@@ -1,13 +1,46 @@
-//! Telemetry shared by the `gateway` and `worker` binaries.
+//! Telemetry shared by the `gateway` and `worker` binaries: logs, traces and
+//! metrics.
 //!
-//! One call, [`init`], installs the process-wide `tracing` subscriber: a
-//! `RUST_LOG`-style filter and human or JSON log lines on stderr. It returns a
-//! [`Guard`] that the binary keeps until it exits, so exporters added later
-//! (OTLP) flush on drop without changing any caller.
+//! # Layout
+//!
+//! - [`init`] (here): the one set-up call. It installs the global `tracing`
+//!   subscriber (a `RUST_LOG` filter and human or JSON log lines carrying trace
+//!   and span ids), the OpenTelemetry layer with an OTLP/gRPC batch exporter,
+//!   and the W3C TraceContext and Baggage propagators. It returns a [`Guard`]
+//!   that flushes spans when dropped.
+//! - [`propagation`]: the trace-context carriers: AMQP headers and gRPC
+//!   metadata.
+//! - [`metrics`]: Prometheus metrics over HTTP.
+//! - `logs`: the log line formats.
+//!
+//! Traces are configured only by the standard OpenTelemetry variables:
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`;
+//! without either, nothing is exported), `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` (and `_ARG`),
+//! `OTEL_SDK_DISABLED`, and the exporter's and batch processor's own
+//! (`OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_SCHEDULE_DELAY`, ...). Even with
+//! export off, trace context is propagated: a caller's `traceparent` still
+//! reaches the workers.
+
+mod logs;
+pub mod metrics;
+pub mod propagation;
 
 use std::{fmt, str::FromStr};
 
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use opentelemetry::{
+    global,
+    propagation::TextMapCompositePropagator,
+    trace::{TracerProvider as _, noop::NoopTracerProvider},
+};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    trace::SdkTracerProvider,
+};
+use tracing_subscriber::{EnvFilter, Layer as _, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+pub use crate::metrics::serve_prometheus;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,28 +82,112 @@ pub enum Error {
     /// A global subscriber was already installed.
     #[error("a tracing subscriber is already installed: {0}")]
     Install(#[from] tracing_subscriber::util::TryInitError),
+    /// The OTLP exporter could not be built from its configuration.
+    #[error("OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// Keeps telemetry alive; dropping it flushes what is buffered.
+/// Keeps telemetry alive; dropping it flushes and stops the span exporter.
 #[must_use = "telemetry stops when the guard is dropped"]
 #[derive(Debug)]
 pub struct Guard {
-    _private: (),
+    provider: Option<SdkTracerProvider>,
 }
 
-/// Installs the global subscriber. `default_filter` applies when `RUST_LOG`
-/// is unset (for example `"info"`).
-pub fn init(format: LogFormat, default_filter: &str) -> Result<Guard, Error> {
-    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
-        _ => EnvFilter::try_new(default_filter)?,
-    };
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()?,
-        LogFormat::Json => {
-            registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()?
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(Err(error)) = self.provider.take().map(|p| p.shutdown()) {
+            // The subscriber may already be gone: stderr is all that is left.
+            eprintln!("telemetry: flushing spans failed: {error}");
         }
     }
-    Ok(Guard { _private: () })
+}
+
+/// Whether spans are exported, from the standard variables.
+fn export_enabled(env: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let exporter_none = env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+    !disabled && !exporter_none && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Installs logs, traces and propagators for a process named `service_name`
+/// (used when `OTEL_SERVICE_NAME` does not name it). `default_filter` applies
+/// when `RUST_LOG` is unset (for example `"info"`). Call once, from within the
+/// Tokio runtime (the exporter's connection runs on it).
+pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str) -> Result<Guard, Error> {
+    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+
+    let env = |name: &str| std::env::var(name).ok();
+    let filter = match env(EnvFilter::DEFAULT_ENV) {
+        Some(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
+        _ => EnvFilter::try_new(default_filter)?,
+    };
+    let fmt = match format {
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().event_format(logs::Text).with_writer(std::io::stderr).boxed()
+        }
+        LogFormat::Json => {
+            tracing_subscriber::fmt::layer().event_format(logs::Json).with_writer(std::io::stderr).boxed()
+        }
+    };
+
+    // The OpenTelemetry layer sees every span at INFO and above whatever
+    // RUST_LOG says, so quieter logs never cost traces.
+    let (otel, provider) = if export_enabled(env) {
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+        let mut resource = Resource::builder();
+        let named = env("OTEL_SERVICE_NAME").is_some()
+            || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
+        if !named {
+            resource = resource.with_service_name(service_name);
+        }
+        let provider =
+            SdkTracerProvider::builder().with_resource(resource.build()).with_batch_exporter(exporter).build();
+        let tracer = provider.tracer("grpc-amqp-gateway");
+        (tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO).boxed(), Some(provider))
+    } else {
+        // No export: spans still get valid ids from the caller's context, so
+        // trace context passes through to the workers.
+        let tracer = NoopTracerProvider::new().tracer("grpc-amqp-gateway");
+        (tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO).boxed(), None)
+    };
+
+    tracing_subscriber::registry().with(otel).with(fmt.with_filter(filter)).try_init()?;
+    Ok(Guard { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn export_needs_an_endpoint_and_can_be_disabled() {
+        assert!(!export_enabled(env(&[])));
+        assert!(export_enabled(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")])));
+        assert!(export_enabled(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4317")])));
+        assert!(!export_enabled(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])));
+        assert!(!export_enabled(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_SDK_DISABLED", "TRUE")
+        ])));
+        assert!(!export_enabled(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_TRACES_EXPORTER", "none")
+        ])));
+    }
+
+    #[test]
+    fn log_formats_parse() {
+        assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert!("xml".parse::<LogFormat>().is_err());
+    }
 }

@@ -4,11 +4,8 @@
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use amqp_gateway::{broker, wire};
@@ -27,27 +24,16 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::{Request, Response, Status, WorkerConfig, reply};
+use crate::{
+    Request, Response, Status, WorkerConfig, reply,
+    stats::{Outcome, Stats},
+};
 
 /// Bound on connecting and on each set-up or tear-down step, so a broker that
 /// accepts TCP but never answers cannot hang the worker.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Counters of what the worker did with the messages it took.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Requests answered (successfully or with an error status).
-    pub replied: AtomicU64,
-    /// Requests acked without work because their deadline had passed.
-    pub expired: AtomicU64,
-    /// Messages rejected without requeue (no `reply_to` or `correlation_id`).
-    pub rejected: AtomicU64,
-    /// Handler panics, answered INTERNAL.
-    pub panics: AtomicU64,
-    /// Sessions re-established after a loss.
-    pub reconnects: AtomicU64,
-}
 
 /// The worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +83,7 @@ where
     S::Future: Send + 'static,
 {
     let (consuming_tx, consuming) = watch::channel(false);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(&config.queue));
     let span = tracing::info_span!("worker", queue = %config.queue);
     let task = tokio::spawn(supervise(config, handler, shutdown, consuming_tx, stats.clone()).instrument(span));
     RunningWorker { consuming, stats, task }
@@ -125,7 +111,7 @@ where
             Ok(session) => {
                 attempt = 0;
                 if connected_before {
-                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    stats.reconnected();
                 }
                 connected_before = true;
                 tracing::info!(url = %config.url, prefetch = config.prefetch, "consuming");
@@ -216,10 +202,7 @@ impl Session {
             };
             match delivery {
                 Some(Ok(delivery)) => {
-                    let span = tracing::info_span!(
-                        "request",
-                        correlation_id = delivery.properties.correlation_id().as_ref().map_or("", |c| c.as_str())
-                    );
+                    let span = consumer_span(&delivery, &config.queue);
                     let task = handle(delivery, self.channel.clone(), handler.clone(), stats.clone(), abort.clone());
                     tracker.spawn(task.instrument(span));
                 }
@@ -258,6 +241,33 @@ impl Session {
     }
 }
 
+/// The CONSUMER span `process <queue>` of one delivery, per the OpenTelemetry
+/// messaging conventions for RabbitMQ, continuing the publisher's trace from
+/// the message headers. The handler runs inside it, and its context goes back
+/// in the reply headers.
+fn consumer_span(delivery: &Delivery, queue: &str) -> tracing::Span {
+    let properties = &delivery.properties;
+    let id = |value: &Option<lapin::types::ShortString>| value.as_ref().map_or("", |v| v.as_str()).to_owned();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {queue}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %queue,
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        messaging.message.id = %id(properties.message_id()),
+        messaging.message.conversation_id = %id(properties.correlation_id()),
+        messaging.message.body.size = delivery.data.len(),
+    );
+    let _ = span.set_parent(otel::propagation::extract_amqp(properties.headers().as_ref()));
+    span
+}
+
 /// Handles one delivery: validate, run the handler, reply, acknowledge.
 async fn handle<S>(delivery: Delivery, channel: Channel, handler: S, stats: Arc<Stats>, abort: CancellationToken)
 where
@@ -266,7 +276,7 @@ where
     let Delivery { properties, data, acker, routing_key, redelivered, .. } = delivery;
     let (Some(reply_to), Some(correlation_id)) = (properties.reply_to().clone(), properties.correlation_id().clone())
     else {
-        stats.rejected.fetch_add(1, Ordering::Relaxed);
+        stats.outcome(Outcome::Rejected);
         tracing::warn!(
             has_reply_to = properties.reply_to().is_some(),
             has_correlation_id = properties.correlation_id().is_some(),
@@ -280,7 +290,7 @@ where
 
     let deadline = wire::decode_deadline(properties.headers().as_ref());
     if deadline.is_some_and(|d| d <= SystemTime::now()) {
-        stats.expired.fetch_add(1, Ordering::Relaxed);
+        stats.outcome(Outcome::Expired);
         tracing::debug!("dropping an expired request without work");
         if let Err(error) = acker.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, "ack failed");
@@ -297,22 +307,36 @@ where
         route: routing_key.as_str().to_owned(),
         redelivered,
     };
+    let started = Instant::now();
+    stats.started();
     let outcome = tokio::select! {
-        outcome = invoke(handler, request, &stats) => outcome,
+        outcome = invoke(handler, request, &stats) => Some(outcome),
         // Shutdown grace is over: leave the request unacked for redelivery.
-        () = abort.cancelled() => return,
+        () = abort.cancelled() => None,
     };
+    stats.finished();
+    let Some(outcome) = outcome else { return };
+    stats.handled(started.elapsed());
+    if let Err(status) = &outcome {
+        let span = tracing::Span::current();
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", tracing::field::debug(status.code()));
+    }
 
+    let succeeded = outcome.is_ok();
     match reply::publish(&channel, reply_to, correlation_id, outcome).await {
         Ok(()) => {
-            stats.replied.fetch_add(1, Ordering::Relaxed);
+            stats.outcome(if succeeded { Outcome::Ok } else { Outcome::Error });
             if let Err(error) = acker.ack(BasicAckOptions::default()).await {
                 tracing::warn!(%error, "ack failed; the request will be redelivered");
             }
         }
         // The channel is broken: the request stays unacked and the broker
         // redelivers it when the channel closes.
-        Err(error) => tracing::warn!(%error, "publishing the reply failed; the request will be redelivered"),
+        Err(error) => {
+            stats.outcome(Outcome::ReplyFailed);
+            tracing::warn!(%error, "publishing the reply failed; the request will be redelivered");
+        }
     }
 }
 
@@ -331,7 +355,7 @@ where
 }
 
 fn panicked(stats: &Stats) -> Status {
-    stats.panics.fetch_add(1, Ordering::Relaxed);
+    stats.panicked();
     tracing::error!("handler panicked; replying INTERNAL");
     Status::internal("the worker's handler panicked")
 }

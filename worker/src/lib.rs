@@ -29,14 +29,17 @@
 //! - [`request`]: what handlers receive and return.
 //! - [`config`]: how the worker connects and consumes.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
+//! - `stats`: counters and Prometheus metrics.
 
 pub mod config;
 pub mod consumer;
 pub mod handlers;
 mod reply;
 pub mod request;
+mod stats;
 
 pub use config::WorkerConfig;
-pub use consumer::{RunningWorker, Stats, WorkerError, spawn};
+pub use consumer::{RunningWorker, WorkerError, spawn};
 pub use request::{Request, Response};
+pub use stats::Stats;
 pub use tonic::{Code, Status};

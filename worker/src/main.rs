@@ -51,6 +51,11 @@ struct Args {
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
 
+    /// Serve Prometheus metrics over HTTP on this address (any path, e.g.
+    /// `/metrics`). Off when unset.
+    #[arg(long, env = "WORKER_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: otel::LogFormat,
@@ -65,8 +70,12 @@ enum Handler {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = otel::init(args.log_format, "info").context("telemetry")?;
+    let _telemetry = otel::init("worker", args.log_format, "info").context("telemetry")?;
     anyhow::ensure!(args.prefetch > 0, "--prefetch must be greater than zero");
+    if let Some(addr) = args.metrics_listen {
+        otel::serve_prometheus(addr)?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
 
     let config = WorkerConfig {
         url: args.amqp_url,

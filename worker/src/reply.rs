@@ -27,7 +27,7 @@ pub(crate) async fn publish(
     correlation_id: ShortString,
     outcome: Result<Response, Status>,
 ) -> Result<(), ReplyError> {
-    let (payload, properties) = encode(correlation_id, outcome);
+    let (payload, properties) = encode(correlation_id, outcome, &tracing::Span::current());
     let confirm =
         channel.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &payload, properties).await?.await?;
     match confirm {
@@ -38,18 +38,23 @@ pub(crate) async fn publish(
     }
 }
 
-/// The body and properties of a reply.
+/// The body and properties of a reply, carrying the trace context of `span`
+/// so the reply hop joins the trace.
 pub(crate) fn encode(
     correlation_id: ShortString,
     outcome: Result<Response, Status>,
+    span: &tracing::Span,
 ) -> (bytes::Bytes, BasicProperties) {
     let mut headers = FieldTable::default();
+    otel::propagation::inject_amqp(span, &mut headers);
     let properties = BasicProperties::default().with_correlation_id(correlation_id);
     match outcome {
         Ok(response) => {
             for (name, value) in response.headers {
-                // Reserved names are the gateway's; a handler cannot fake a status.
-                if !wire::is_reserved(&name) && !name.is_empty() && name.len() <= 255 {
+                // Reserved names are the gateway's and trace context is set
+                // above: a handler can fake neither a status nor a parent span.
+                let ours = wire::is_reserved(&name) || wire::is_trace_context(&name);
+                if !ours && !name.is_empty() && name.len() <= 255 {
                     headers.insert(name.into(), wire::long_string(value));
                 }
             }
@@ -74,7 +79,7 @@ mod tests {
 
     #[test]
     fn error_reply_carries_the_status() {
-        let (body, properties) = encode("id".into(), Err(Status::not_found("no such thing")));
+        let (body, properties) = encode("id".into(), Err(Status::not_found("no such thing")), &tracing::Span::none());
         assert!(body.is_empty());
         assert_eq!(properties.correlation_id().as_ref().map(ShortString::as_str), Some("id"));
         assert_eq!(wire::decode_status(properties.headers().as_ref()), (Code::NotFound, "no such thing".into()));
@@ -86,7 +91,7 @@ mod tests {
             .with_content_type("text/plain")
             .with_header("tenant", "acme")
             .with_header("x-status-code", "13");
-        let (body, properties) = encode("id".into(), Ok(response));
+        let (body, properties) = encode("id".into(), Ok(response), &tracing::Span::none());
         assert_eq!(&body[..], b"hi");
         assert_eq!(properties.content_type().as_ref().map(ShortString::as_str), Some("text/plain"));
         assert_eq!(wire::decode_status(properties.headers().as_ref()).0, Code::Ok);

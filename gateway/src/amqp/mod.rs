@@ -20,10 +20,7 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -35,13 +32,16 @@ use lapin::{
     options::BasicPublishOptions,
     types::{FieldTable, ShortString},
 };
+use opentelemetry::trace::TraceContextExt;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use self::session::{DIRECT_REPLY_TO, Session};
+pub use crate::metrics::Stats;
 use crate::{call::Deadline, config::AmqpConfig};
 
 /// Why a call got no reply from a worker.
@@ -65,6 +65,19 @@ pub enum CallError {
     /// The publish itself failed.
     #[error("publish failed: {0}")]
     Publish(Arc<lapin::Error>),
+}
+
+impl CallError {
+    /// A short, stable name of the error, for spans and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "not_connected",
+            Self::ConnectionLost => "connection_lost",
+            Self::Unroutable { .. } => "unroutable",
+            Self::Nacked => "nacked",
+            Self::Publish(_) => "publish_failed",
+        }
+    }
 }
 
 /// A worker's reply, as it came off the wire.
@@ -95,20 +108,6 @@ pub struct Call {
     pub deadline: Deadline,
 }
 
-/// Counters of events that are not errors of any one call.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Replies whose call had already ended (deadline, cancellation) or that
-    /// matched no call.
-    pub unknown_replies: AtomicU64,
-    /// Publishes returned by the broker as unroutable.
-    pub unroutable: AtomicU64,
-    /// Publishes nacked by the broker.
-    pub nacks: AtomicU64,
-    /// Sessions re-established after a loss.
-    pub reconnects: AtomicU64,
-}
-
 /// Handle to the gateway's broker session; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AmqpClient {
@@ -135,7 +134,36 @@ impl AmqpClient {
 
     /// Publishes `call` and waits for its reply. The caller bounds the wait
     /// with the call's deadline; dropping the future removes the pending entry.
+    ///
+    /// Traced as a PRODUCER span `send <route>` (OpenTelemetry messaging
+    /// conventions for RabbitMQ) whose context travels in the request headers,
+    /// and a CONSUMER span for the reply's arrival, child of the worker's span
+    /// when the reply carries its `traceparent`.
     pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format_args!("send {}", call.route),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = %call.route,
+            messaging.rabbitmq.destination.routing_key = %call.route,
+            messaging.message.id = %call.correlation_id,
+            messaging.message.conversation_id = %call.correlation_id,
+            messaging.message.body.size = call.payload.len(),
+        );
+        let result = self.publish_and_wait(call, &span).instrument(span.clone()).await;
+        if let Err(error) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", error.kind());
+        }
+        result
+    }
+
+    async fn publish_and_wait(&self, call: Call, span: &tracing::Span) -> Result<Reply, CallError> {
         let session = self.session.borrow().clone().filter(|s| !s.is_lost()).ok_or(CallError::NotConnected)?;
         let slot = session.slot();
         let (_guard, reply) = slot.pending.insert(call.correlation_id);
@@ -147,7 +175,7 @@ impl AmqpClient {
         }
 
         let id = ShortString::from(call.correlation_id.hyphenated().to_string());
-        let properties = request_properties(&call, id.clone());
+        let properties = request_properties(&call, id.clone(), span);
         let confirm = slot
             .channel
             .basic_publish(
@@ -163,7 +191,7 @@ impl AmqpClient {
         match (ConfirmGuard(Some(confirm))).await {
             Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
             Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                self.stats.unroutable.fetch_add(1, Ordering::Relaxed);
+                self.stats.unroutable();
                 // Attribute the return by its correlation id, not by which
                 // confirm it came with: confirms may be coalesced by the broker.
                 let returned_id = returned.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
@@ -176,7 +204,7 @@ impl AmqpClient {
                 }
             }
             Ok(Confirmation::Nack(None)) => {
-                self.stats.nacks.fetch_add(1, Ordering::Relaxed);
+                self.stats.nack();
                 return Err(CallError::Nacked);
             }
             Err(e) => return Err(CallError::Publish(Arc::new(e))),
@@ -184,7 +212,9 @@ impl AmqpClient {
 
         // The sender is dropped only by `fail_all`, which sends first; a closed
         // channel therefore means the session went away.
-        reply.await.unwrap_or(Err(CallError::ConnectionLost))
+        let reply = reply.await.unwrap_or(Err(CallError::ConnectionLost))?;
+        received(&reply, call.correlation_id);
+        Ok(reply)
     }
 
     /// Whether a broker session is up.
@@ -208,11 +238,35 @@ impl AmqpClient {
     }
 }
 
-fn request_properties(call: &Call, id: ShortString) -> BasicProperties {
+/// Records the reply's arrival: a CONSUMER span on the reply-to pseudo-queue,
+/// which the conventions keep out of the span name (it is anonymous and
+/// temporary), continuing the worker's trace context when the reply has one.
+fn received(reply: &Reply, correlation_id: Uuid) {
+    let span = tracing::info_span!(
+        "receive",
+        otel.name = "receive (anonymous)",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "receive",
+        messaging.operation.name = "receive",
+        messaging.destination.temporary = true,
+        messaging.destination.anonymous = true,
+        messaging.message.conversation_id = %correlation_id,
+        messaging.message.body.size = reply.payload.len(),
+    );
+    let worker = otel::propagation::extract_amqp(reply.headers.as_ref());
+    if worker.span().span_context().is_valid() {
+        let _ = span.set_parent(worker);
+    }
+    span.in_scope(|| tracing::debug!("reply received"));
+}
+
+fn request_properties(call: &Call, id: ShortString, span: &tracing::Span) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in &call.headers {
         headers.insert(name.as_str().into(), wire::long_string(value.as_str()));
     }
+    otel::propagation::inject_amqp(span, &mut headers);
     headers.insert(wire::DEADLINE_HEADER.into(), wire::encode_deadline(call.deadline.wall_clock()));
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let mut properties = BasicProperties::default()
@@ -304,7 +358,7 @@ async fn supervise(
         };
         attempt = 0;
         if connected_before {
-            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            stats.reconnect();
         }
         connected_before = true;
         tracing::info!(url = %config.url, channels = config.channels, "connected to the broker");

@@ -13,6 +13,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use metrics::Gauge;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -22,9 +23,17 @@ use super::{CallError, Reply};
 type Waiter = oneshot::Sender<Result<Reply, CallError>>;
 
 /// Calls waiting for a reply on one channel.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PendingTable {
     entries: Mutex<HashMap<Uuid, Waiter>>,
+    /// `gateway_pending_calls`, summed over every table.
+    gauge: Gauge,
+}
+
+impl Default for PendingTable {
+    fn default() -> Self {
+        Self { entries: Mutex::default(), gauge: crate::metrics::pending_gauge() }
+    }
 }
 
 impl PendingTable {
@@ -32,13 +41,14 @@ impl PendingTable {
     pub(crate) fn insert(self: &Arc<Self>, id: Uuid) -> (PendingGuard, oneshot::Receiver<Result<Reply, CallError>>) {
         let (tx, rx) = oneshot::channel();
         self.entries.lock().insert(id, tx);
+        self.gauge.increment(1.0);
         (PendingGuard { table: self.clone(), id }, rx)
     }
 
     /// Hands a reply to its waiting call. False when no call waits for `id`
     /// (it already ended: deadline, cancellation, or a stranger's reply).
     pub(crate) fn complete(&self, id: &Uuid, outcome: Result<Reply, CallError>) -> bool {
-        let waiter = self.entries.lock().remove(id);
+        let waiter = self.remove(id);
         match waiter {
             // A closed receiver means the call ended between our lookup and now.
             Some(tx) => tx.send(outcome).is_ok(),
@@ -51,10 +61,19 @@ impl PendingTable {
     pub(crate) fn fail_all(&self, error: impl Fn() -> CallError) -> usize {
         let drained: Vec<Waiter> = self.entries.lock().drain().map(|(_, tx)| tx).collect();
         let n = drained.len();
+        self.gauge.decrement(n as f64);
         for tx in drained {
             let _ = tx.send(Err(error()));
         }
         n
+    }
+
+    fn remove(&self, id: &Uuid) -> Option<Waiter> {
+        let waiter = self.entries.lock().remove(id);
+        if waiter.is_some() {
+            self.gauge.decrement(1.0);
+        }
+        waiter
     }
 
     /// Calls waiting now.
@@ -72,7 +91,7 @@ pub(crate) struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.table.entries.lock().remove(&self.id);
+        self.table.remove(&self.id);
     }
 }
 

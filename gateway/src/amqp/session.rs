@@ -199,7 +199,7 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats) {
     };
     let delivered = id.is_some_and(|id| pending.complete(&id, Ok(reply)));
     if !delivered {
-        stats.unknown_replies.fetch_add(1, Ordering::Relaxed);
+        stats.unknown_reply();
         tracing::debug!(correlation_id = ?properties.correlation_id(), "dropped reply for an unknown or finished call");
     }
 }

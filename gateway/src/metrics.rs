@@ -1,0 +1,156 @@
+//! The gateway's numbers: counters readable in-process ([`Stats`],
+//! [`CallMetrics`]) and the same events as Prometheus metrics, served on
+//! `--metrics-listen`.
+//!
+//! Metrics:
+//! - `gateway_calls_total{route, code}`: finished `Process` calls by gRPC
+//!   status code (`route="(invalid)"` for requests naming no allowed route).
+//! - `gateway_call_duration_seconds{route}`: call latency.
+//! - `gateway_calls_in_flight`, `gateway_calls_shed_total`: the in-flight
+//!   limit.
+//! - `gateway_pending_calls`: calls published and waiting for their reply.
+//! - `gateway_replies_dropped_total`: late or unknown replies discarded.
+//! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
+//!   `gateway_broker_reconnects_total`.
+//!
+//! Handles are looked up once (per route and code at start-up), so recording
+//! on the call path is an atomic add, with no label formatting.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use metrics::{Counter, Gauge, Histogram};
+use tonic::Code;
+
+/// Label of calls whose route is not allowed: caller input never becomes a
+/// label value, so a bad caller cannot grow the metrics without bound.
+const INVALID_ROUTE: &str = "(invalid)";
+
+/// Broker events that are not errors of any one call.
+#[derive(Debug)]
+pub struct Stats {
+    /// Replies whose call had already ended (deadline, cancellation) or that
+    /// matched no call.
+    pub unknown_replies: AtomicU64,
+    /// Publishes returned by the broker as unroutable.
+    pub unroutable: AtomicU64,
+    /// Publishes nacked by the broker.
+    pub nacks: AtomicU64,
+    /// Sessions re-established after a loss.
+    pub reconnects: AtomicU64,
+    metrics: [Counter; 4],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        describe();
+        Self {
+            unknown_replies: AtomicU64::new(0),
+            unroutable: AtomicU64::new(0),
+            nacks: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            metrics: [
+                metrics::counter!("gateway_replies_dropped_total"),
+                metrics::counter!("gateway_unroutable_total"),
+                metrics::counter!("gateway_publish_nacks_total"),
+                metrics::counter!("gateway_broker_reconnects_total"),
+            ],
+        }
+    }
+}
+
+impl Stats {
+    fn bump(&self, i: usize, atomic: &AtomicU64) {
+        atomic.fetch_add(1, Ordering::Relaxed);
+        self.metrics[i].increment(1);
+    }
+
+    pub(crate) fn unknown_reply(&self) {
+        self.bump(0, &self.unknown_replies);
+    }
+
+    pub(crate) fn unroutable(&self) {
+        self.bump(1, &self.unroutable);
+    }
+
+    pub(crate) fn nack(&self) {
+        self.bump(2, &self.nacks);
+    }
+
+    pub(crate) fn reconnect(&self) {
+        self.bump(3, &self.reconnects);
+    }
+}
+
+/// The pending-calls gauge.
+pub(crate) fn pending_gauge() -> Gauge {
+    metrics::gauge!("gateway_pending_calls")
+}
+
+/// The in-flight gauge and the shed counter.
+pub(crate) fn in_flight_metrics() -> (Gauge, Counter) {
+    (metrics::gauge!("gateway_calls_in_flight"), metrics::counter!("gateway_calls_shed_total"))
+}
+
+/// Per-route call counters and latency.
+#[derive(Debug)]
+pub struct CallMetrics {
+    routes: HashMap<String, RouteMetrics>,
+    invalid: RouteMetrics,
+}
+
+#[derive(Debug)]
+struct RouteMetrics {
+    /// One counter per gRPC code, indexed by the code's number.
+    calls: Vec<Counter>,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    fn new(route: &str) -> Self {
+        let calls = (0..=16)
+            .map(|code| {
+                let code = format!("{:?}", Code::from_i32(code));
+                metrics::counter!("gateway_calls_total", "route" => route.to_owned(), "code" => code)
+            })
+            .collect();
+        Self { calls, duration: metrics::histogram!("gateway_call_duration_seconds", "route" => route.to_owned()) }
+    }
+}
+
+impl CallMetrics {
+    /// Handles for every allowed route.
+    pub fn new(routes: &BTreeSet<String>) -> Self {
+        describe();
+        Self {
+            routes: routes.iter().map(|r| (r.clone(), RouteMetrics::new(r))).collect(),
+            invalid: RouteMetrics::new(INVALID_ROUTE),
+        }
+    }
+
+    /// Records a finished call; `route` is `None` when no allowed route was
+    /// resolved.
+    pub fn record(&self, route: Option<&str>, code: Code, elapsed: Duration) {
+        let metrics = route.and_then(|r| self.routes.get(r)).unwrap_or(&self.invalid);
+        if let Some(counter) = metrics.calls.get(code as usize) {
+            counter.increment(1);
+        }
+        metrics.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("gateway_calls_total", "Finished Process calls, by route and gRPC status code");
+    describe_histogram!("gateway_call_duration_seconds", Unit::Seconds, "Process call latency, by route");
+    describe_gauge!("gateway_calls_in_flight", "Process calls running now");
+    describe_counter!("gateway_calls_shed_total", "Calls refused at the in-flight limit");
+    describe_gauge!("gateway_pending_calls", "Calls published and waiting for their reply");
+    describe_counter!("gateway_replies_dropped_total", "Late or unknown replies discarded");
+    describe_counter!("gateway_unroutable_total", "Requests returned by the broker: no queue bound to the route");
+    describe_counter!("gateway_publish_nacks_total", "Requests the broker refused (nack)");
+    describe_counter!("gateway_broker_reconnects_total", "Broker sessions re-established after a loss");
+}

@@ -1,0 +1,133 @@
+//! What a worker did with the messages it took: counters readable in-process
+//! ([`Stats`]) and the same events as Prometheus metrics (served when the
+//! binary is given `--metrics-listen`).
+//!
+//! Metrics:
+//! - `worker_messages_total{route, outcome}`: outcome `ok`, `error` (the
+//!   handler answered an error status, panics included), `expired` (acked
+//!   without work), `rejected` (no `reply_to` or `correlation_id`),
+//!   `reply_failed` (left for redelivery).
+//! - `worker_handler_duration_seconds{route}`: handler time.
+//! - `worker_requests_in_flight{route}`: requests being handled.
+//! - `worker_handler_panics_total{route}`, `worker_broker_reconnects_total{route}`.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use metrics::{Counter, Gauge, Histogram};
+
+/// How a message ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Error,
+    Expired,
+    Rejected,
+    ReplyFailed,
+}
+
+/// Counters of one worker.
+#[derive(Debug)]
+pub struct Stats {
+    /// Requests answered (successfully or with an error status).
+    pub replied: AtomicU64,
+    /// Requests acked without work because their deadline had passed.
+    pub expired: AtomicU64,
+    /// Messages rejected without requeue (no `reply_to` or `correlation_id`).
+    pub rejected: AtomicU64,
+    /// Handler panics, answered INTERNAL.
+    pub panics: AtomicU64,
+    /// Sessions re-established after a loss.
+    pub reconnects: AtomicU64,
+    metrics: Metrics,
+}
+
+#[derive(Debug)]
+struct Metrics {
+    ok: Counter,
+    error: Counter,
+    expired: Counter,
+    rejected: Counter,
+    reply_failed: Counter,
+    panics: Counter,
+    reconnects: Counter,
+    duration: Histogram,
+    in_flight: Gauge,
+}
+
+impl Stats {
+    pub(crate) fn new(route: &str) -> Self {
+        describe();
+        let outcome =
+            |o: &'static str| metrics::counter!("worker_messages_total", "route" => route.to_owned(), "outcome" => o);
+        let route = || ("route", route.to_owned());
+        Self {
+            replied: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            metrics: Metrics {
+                ok: outcome("ok"),
+                error: outcome("error"),
+                expired: outcome("expired"),
+                rejected: outcome("rejected"),
+                reply_failed: outcome("reply_failed"),
+                panics: metrics::counter!("worker_handler_panics_total", &[route()]),
+                reconnects: metrics::counter!("worker_broker_reconnects_total", &[route()]),
+                duration: metrics::histogram!("worker_handler_duration_seconds", &[route()]),
+                in_flight: metrics::gauge!("worker_requests_in_flight", &[route()]),
+            },
+        }
+    }
+
+    pub(crate) fn outcome(&self, outcome: Outcome) {
+        let (counter, atomic) = match outcome {
+            Outcome::Ok => (&self.metrics.ok, Some(&self.replied)),
+            Outcome::Error => (&self.metrics.error, Some(&self.replied)),
+            Outcome::Expired => (&self.metrics.expired, Some(&self.expired)),
+            Outcome::Rejected => (&self.metrics.rejected, Some(&self.rejected)),
+            Outcome::ReplyFailed => (&self.metrics.reply_failed, None),
+        };
+        counter.increment(1);
+        if let Some(atomic) = atomic {
+            atomic.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn handled(&self, elapsed: Duration) {
+        self.metrics.duration.record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn started(&self) {
+        self.metrics.in_flight.increment(1.0);
+    }
+
+    pub(crate) fn finished(&self) {
+        self.metrics.in_flight.decrement(1.0);
+    }
+
+    pub(crate) fn panicked(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        self.metrics.panics.increment(1);
+    }
+
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.metrics.reconnects.increment(1);
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!("worker_messages_total", "Messages taken from the queue, by outcome");
+    metrics::describe_histogram!(
+        "worker_handler_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time the handler took per request"
+    );
+    metrics::describe_gauge!("worker_requests_in_flight", "Requests being handled now");
+    metrics::describe_counter!("worker_handler_panics_total", "Handler panics, answered INTERNAL");
+    metrics::describe_counter!("worker_broker_reconnects_total", "Broker sessions re-established after a loss");
+}
