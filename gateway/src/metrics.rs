@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use amqp_gateway::wire;
 use metrics::{Counter, Gauge, Histogram};
 use tonic::Code;
 
@@ -113,7 +114,7 @@ impl RouteMetrics {
     fn new(route: &str) -> Self {
         let calls = (0..=16)
             .map(|code| {
-                let code = format!("{:?}", Code::from_i32(code));
+                let code = wire::code_name(Code::from_i32(code));
                 metrics::counter!("gateway_calls_total", "route" => route.to_owned(), "code" => code)
             })
             .collect();

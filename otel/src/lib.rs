@@ -26,7 +26,7 @@ mod logs;
 pub mod metrics;
 pub mod propagation;
 
-use std::{fmt, str::FromStr};
+use std::{fmt, io::IsTerminal as _, str::FromStr};
 
 use opentelemetry::{
     global,
@@ -126,13 +126,12 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
         Some(spec) if !spec.is_empty() => EnvFilter::try_new(spec)?,
         _ => EnvFilter::try_new(default_filter)?,
     };
+    // Colours only for a person at a terminal, never into files or shippers.
+    let ansi = std::io::stderr().is_terminal();
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
     let fmt = match format {
-        LogFormat::Text => {
-            tracing_subscriber::fmt::layer().event_format(logs::Text).with_writer(std::io::stderr).boxed()
-        }
-        LogFormat::Json => {
-            tracing_subscriber::fmt::layer().event_format(logs::Json).with_writer(std::io::stderr).boxed()
-        }
+        LogFormat::Text => fmt.event_format(logs::Text).boxed(),
+        LogFormat::Json => fmt.event_format(logs::Json).boxed(),
     };
 
     // The OpenTelemetry layer sees every span at INFO and above whatever

@@ -4,7 +4,9 @@
 //!
 //! The broker comes from `AMQP_URL`, which the test command (`scripts/test.sh`)
 //! always sets: to the broker you gave it, or to a private RabbitMQ node it
-//! started for the run.
+//! started for the run. [`otlp`] holds a trace collector for tracing tests.
+
+pub mod otlp;
 
 use std::{
     future::Future,
@@ -78,6 +80,13 @@ pub fn grpcurl() -> PathBuf {
     })
 }
 
+/// The Python interpreter for the tests' Python helpers: `PYTHON` (the test
+/// command points it at `.tools/venv`, where it installed their packages),
+/// else `python3`.
+pub fn python() -> PathBuf {
+    std::env::var_os("PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+}
+
 /// A child process killed when dropped, so a failing test leaves nothing
 /// behind. Its stdout and stderr go to a log file, printed when the test fails
 /// (the process is dropped during the panic) and readable with [`Process::log`].
@@ -92,10 +101,16 @@ impl Process {
     /// Starts a workspace binary with `args` and `env` (`RUST_LOG` only if
     /// `env` sets it: the test runner's own filter is not passed on).
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+        Self::spawn_program(&bin(name), args, env)
+    }
+
+    /// Starts any program, like [`Process::spawn`].
+    pub fn spawn_program(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let name = program.file_name().map_or_else(|| "process".into(), |n| n.to_string_lossy().into_owned());
+        let log = std::env::temp_dir().join(format!("{}.log", unique(&name)));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
         let stderr = file.try_clone().unwrap_or_else(|e| panic!("clone log handle: {e}"));
-        let mut command = Command::new(bin(name));
+        let mut command = Command::new(program);
         command
             .args(args)
             .env_remove("RUST_LOG")
@@ -104,8 +119,8 @@ impl Process {
             .stdout(file)
             .stderr(stderr)
             .kill_on_drop(true);
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self { child, name: name.to_owned(), log }
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program:?}: {e}"));
+        Self { child, name, log }
     }
 
     /// Everything the process has written so far.

@@ -320,7 +320,7 @@ where
     if let Err(status) = &outcome {
         let span = tracing::Span::current();
         span.record("otel.status_code", "ERROR");
-        span.record("error.type", tracing::field::debug(status.code()));
+        span.record("error.type", wire::code_name(status.code()));
     }
 
     let succeeded = outcome.is_ok();

@@ -24,6 +24,15 @@ pub fn echo(delay: Duration) -> BoxHandler {
     }))
 }
 
+/// Answers every request with `status`: a failing worker, to see how errors
+/// reach callers and traces.
+pub fn fail(status: Status) -> BoxHandler {
+    BoxCloneSyncService::new(service_fn(move |_request: Request| {
+        let status = Status::new(status.code(), status.message());
+        async move { Err::<Response, _>(status) }
+    }))
+}
+
 /// Adapts a service with any error type into a handler, so tower middleware
 /// composes: errors that are already a [`Status`] pass through, tower's
 /// timeout becomes DEADLINE_EXCEEDED, anything else becomes INTERNAL (its text
@@ -77,6 +86,12 @@ mod tests {
         assert_eq!(&response.payload[..], b"hi");
         assert_eq!(response.content_type.as_deref(), Some("text/plain"));
         assert_eq!(response.headers.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[tokio::test]
+    async fn fail_answers_its_status() {
+        let status = fail(Status::unavailable("down for maintenance")).oneshot(request(b"x")).await.unwrap_err();
+        assert_eq!((status.code(), status.message()), (Code::Unavailable, "down for maintenance"));
     }
 
     #[tokio::test(start_paused = true)]

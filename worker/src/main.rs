@@ -30,6 +30,10 @@ struct Args {
     #[arg(long, env = "WORKER_HANDLER", value_enum, default_value_t = Handler::Echo)]
     handler: Handler,
 
+    /// Status code the `fail` handler answers with (0-16).
+    #[arg(long, env = "WORKER_FAIL_CODE", default_value_t = 14)]
+    fail_code: i32,
+
     /// Delay before answering, to play a slow worker (echo handler).
     #[arg(long, env = "WORKER_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     delay: Duration,
@@ -65,6 +69,8 @@ struct Args {
 enum Handler {
     /// Replies with the request's payload, content type and headers.
     Echo,
+    /// Answers every request with the status `--fail-code`.
+    Fail,
 }
 
 #[tokio::main]
@@ -88,6 +94,10 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(broker = %config.url, route = %config.queue, handler = ?args.handler, "worker starting");
     let handler = match args.handler {
         Handler::Echo => handlers::echo(args.delay),
+        Handler::Fail => {
+            let code = worker::Code::from_i32(args.fail_code);
+            handlers::fail(worker::Status::new(code, format!("the worker is configured to fail with {code:?}")))
+        }
     };
 
     let shutdown = CancellationToken::new();
