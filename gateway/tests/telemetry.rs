@@ -170,26 +170,26 @@ async fn one_trace_from_caller_through_gateway_and_worker_and_back() {
 }
 
 #[tokio::test]
-async fn calls_without_trace_context_start_a_trace_at_the_gateway() {
+async fn calls_without_trace_context_start_a_trace_at_the_gateway_and_spans_flush_on_shutdown() {
     let collector = OtlpCollector::start().await;
     let url = testkit::amqp_url();
     let endpoint = collector.endpoint();
-    let env = [
-        ("AMQP_URL", url.as_str()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
+    // The batch processor's default delay (5 s) and no test-only settings: the
+    // spans reach the collector this quickly only because SIGTERM flushes them.
+    let env = [("AMQP_URL", url.as_str()), ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
     let route = testkit::unique("untraced");
-    let worker = Process::spawn("worker", &["--route", &route, "--durable", "false"], &env);
+    let mut worker = Process::spawn("worker", &["--route", &route, "--durable", "false"], &env);
     logged(&worker, "consuming").await;
     let addr = testkit::free_addr();
-    let gateway = Process::spawn("gateway", &["--listen", &addr.to_string(), "--routes", &route], &env);
+    let mut gateway = Process::spawn("gateway", &["--listen", &addr.to_string(), "--routes", &route], &env);
     logged(&gateway, "connected to the broker").await;
 
     let request = ProcessRequest { route: route.clone(), ..ProcessRequest::default() };
     client(addr).await.process(request).await.unwrap();
+    assert!(gateway.terminate(Duration::from_secs(20)).await.success(), "{}", gateway.log());
+    assert!(worker.terminate(Duration::from_secs(20)).await.success(), "{}", worker.log());
     let process_name = format!("process {route}");
-    testkit::eventually("a trace rooted at the gateway", Duration::from_secs(15), || {
+    testkit::eventually("a trace rooted at the gateway, flushed at exit", Duration::from_secs(2), || {
         let spans = collector.spans();
         let rooted = spans.iter().find(|s| s.name == "gateway.v1.Gateway/Process" && s.parent_span_id.is_empty());
         let joined =
@@ -230,8 +230,11 @@ async fn a_python_pika_worker_reads_the_trace_context() {
     assert_eq!(parts.len(), 4, "{traceparent}");
     assert_eq!(parts[1], trace_id);
     let send_name = format!("send {route}");
-    let spans = spans_of(&collector, &trace_id, &[&send_name]).await;
+    let spans = spans_of(&collector, &trace_id, &[&send_name, "receive (anonymous)"]).await;
     assert_eq!(parts[2], find(&spans, &send_name).span_id, "traceparent names the producer span");
+    // And the other way: the gateway continues the trace context of pika's reply.
+    let reply_span = seen["reply_span_id"].as_str().unwrap();
+    assert_eq!(find(&spans, "receive (anonymous)").parent_span_id, reply_span);
     assert!(seen["x-deadline"].as_i64().is_some_and(|ms| ms > 1_700_000_000_000), "{seen:?}");
     assert_eq!(seen["payload"], "from rust");
 }

@@ -3,11 +3,14 @@
 It answers each request on `reply_to` with the same `correlation_id`, and its
 reply body is the trace context it found in the request headers, as JSON, so
 a test can check what a non-Rust consumer reads from the gateway's messages.
+Its reply carries a `traceparent` of its own (a new span in the same trace),
+as a traced worker would, so the test can check the gateway continues it.
 
 Usage: pika_worker.py AMQP_URL QUEUE
 """
 
 import json
+import secrets
 import sys
 
 import pika
@@ -27,10 +30,19 @@ def main() -> None:
             if name in ("traceparent", "tracestate", "baggage", "x-deadline")
         }
         seen["payload"] = body.decode(errors="replace")
+        reply_headers = {}
+        parts = str(seen.get("traceparent", "")).split("-")
+        if len(parts) == 4:
+            seen["reply_span_id"] = secrets.token_hex(8)
+            reply_headers["traceparent"] = f"00-{parts[1]}-{seen['reply_span_id']}-01"
         ch.basic_publish(
             exchange="",
             routing_key=props.reply_to,
-            properties=pika.BasicProperties(correlation_id=props.correlation_id, content_type="application/json"),
+            properties=pika.BasicProperties(
+                correlation_id=props.correlation_id,
+                content_type="application/json",
+                headers=reply_headers,
+            ),
             body=json.dumps(seen).encode(),
         )
         ch.basic_ack(delivery_tag=method.delivery_tag)
