@@ -11,7 +11,7 @@
 //! - `gateway_pending_calls`: calls published and waiting for their reply.
 //! - `gateway_replies_dropped_total`: late or unknown replies discarded.
 //! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
-//!   `gateway_broker_reconnects_total`.
+//!   `gateway_broker_reconnects_total`, `gateway_channel_recoveries_total`.
 //!
 //! Handles are looked up once (per route and code at start-up), so recording
 //! on the call path is an atomic add, with no label formatting.
@@ -42,7 +42,9 @@ pub struct Stats {
     pub nacks: AtomicU64,
     /// Sessions re-established after a loss.
     pub reconnects: AtomicU64,
-    metrics: [Counter; 4],
+    /// Channels reopened after the broker closed them, on a live connection.
+    pub channel_recoveries: AtomicU64,
+    metrics: [Counter; 5],
 }
 
 impl Default for Stats {
@@ -53,11 +55,13 @@ impl Default for Stats {
             unroutable: AtomicU64::new(0),
             nacks: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            channel_recoveries: AtomicU64::new(0),
             metrics: [
                 metrics::counter!("gateway_replies_dropped_total"),
                 metrics::counter!("gateway_unroutable_total"),
                 metrics::counter!("gateway_publish_nacks_total"),
                 metrics::counter!("gateway_broker_reconnects_total"),
+                metrics::counter!("gateway_channel_recoveries_total"),
             ],
         }
     }
@@ -83,6 +87,10 @@ impl Stats {
 
     pub(crate) fn reconnect(&self) {
         self.bump(3, &self.reconnects);
+    }
+
+    pub(crate) fn channel_recovered(&self) {
+        self.bump(4, &self.channel_recoveries);
     }
 }
 
@@ -154,4 +162,5 @@ fn describe() {
     describe_counter!("gateway_unroutable_total", "Requests returned by the broker: no queue bound to the route");
     describe_counter!("gateway_publish_nacks_total", "Requests the broker refused (nack)");
     describe_counter!("gateway_broker_reconnects_total", "Broker sessions re-established after a loss");
+    describe_counter!("gateway_channel_recoveries_total", "Channels reopened after the broker closed them");
 }

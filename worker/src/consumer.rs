@@ -103,24 +103,29 @@ where
     let mut attempt = 0u32;
     let mut connected_before = false;
     loop {
-        let opened = tokio::select! {
-            opened = Session::open(&config) => opened,
+        let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-worker".into());
+        let connected = tokio::select! {
+            connected = bounded(Connection::connect(config.url.expose(), properties)) => connected,
             () = shutdown.cancelled() => return Ok(()),
         };
-        match opened {
-            Ok(session) => {
+        match connected {
+            Ok(connection) => {
                 attempt = 0;
                 if connected_before {
                     stats.reconnected();
                 }
                 connected_before = true;
-                tracing::info!(url = %config.url, prefetch = config.prefetch, "consuming");
-                consuming.send_replace(true);
-                let ended = session.serve(&config, handler.clone(), &shutdown, &stats).await;
-                consuming.send_replace(false);
+                let ended =
+                    serve_connection(&config, &connection, handler.clone(), &shutdown, &consuming, &stats).await;
                 match ended {
-                    Ended::Shutdown => return Ok(()),
-                    Ended::Lost(reason) => tracing::warn!(%reason, "broker session lost; reconnecting"),
+                    Ended::Shutdown => {
+                        match bounded(connection.close(200, "worker shutting down".into())).await {
+                            Ok(()) => tracing::info!("AMQP connection closed"),
+                            Err(error) => tracing::debug!(%error, "closing the connection failed"),
+                        }
+                        return Ok(());
+                    }
+                    Ended::Lost(reason) => tracing::warn!(%reason, "broker connection lost; reconnecting"),
                 }
             }
             Err(error) => tracing::warn!(%error, url = %config.url, "cannot connect to the broker"),
@@ -130,6 +135,54 @@ where
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Consumes on `connection` until shutdown or until the connection fails.
+/// When the broker closes only the channel (the queue was deleted, a channel
+/// error), the channel is reopened and the queue declared again on the same
+/// connection.
+async fn serve_connection<S>(
+    config: &WorkerConfig,
+    connection: &Connection,
+    handler: S,
+    shutdown: &CancellationToken,
+    consuming: &watch::Sender<bool>,
+    stats: &Arc<Stats>,
+) -> Ended
+where
+    S: Service<Request, Response = Response, Error = Status> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut attempt = 0u32;
+    let mut opened_before = false;
+    loop {
+        match Session::open(config, connection).await {
+            Ok(session) => {
+                attempt = 0;
+                if opened_before {
+                    stats.channel_recovered();
+                }
+                opened_before = true;
+                tracing::info!(url = %config.url, prefetch = config.prefetch, "consuming");
+                consuming.send_replace(true);
+                let ended = session.serve(config, handler.clone(), shutdown, stats).await;
+                consuming.send_replace(false);
+                match ended {
+                    Ended::Shutdown => return Ended::Shutdown,
+                    Ended::Lost(reason) if !connection.status().connected() => return Ended::Lost(reason),
+                    Ended::Lost(reason) => tracing::warn!(%reason, "channel closed; reopening it"),
+                }
+            }
+            Err(error) if !connection.status().connected() => return Ended::Lost(error.to_string()),
+            Err(error) => tracing::warn!(%error, "cannot open the channel"),
+        }
+        let delay = broker::backoff(attempt, rand::random());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ended::Shutdown,
         }
     }
 }
@@ -152,25 +205,30 @@ async fn bounded<T>(step: impl Future<Output = lapin::Result<T>>) -> Result<T, O
     Ok(tokio::time::timeout(STEP_TIMEOUT, step).await.map_err(|_| OpenError::Timeout(STEP_TIMEOUT))??)
 }
 
-/// One connection, one channel, one consumer.
+/// One channel consuming the route's queue.
 struct Session {
-    connection: Connection,
     channel: Channel,
     consumer: Consumer,
 }
 
 impl Session {
-    async fn open(config: &WorkerConfig) -> Result<Self, OpenError> {
-        let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-worker".into());
-        let connection = bounded(Connection::connect(config.url.expose(), properties)).await?;
+    async fn open(config: &WorkerConfig, connection: &Connection) -> Result<Self, OpenError> {
         let channel = bounded(connection.create_channel()).await?;
         // Replies are published under confirms: a request is acked only once
         // the broker has its reply (at-least-once).
         bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
         bounded(channel.basic_qos(config.prefetch, BasicQosOptions::default())).await?;
-        let options =
-            QueueDeclareOptions { durable: config.durable, passive: !config.declare, ..QueueDeclareOptions::default() };
-        bounded(channel.queue_declare(config.queue.as_str().into(), options, FieldTable::default())).await?;
+        if config.declare {
+            if let Some(dead_letters) = &config.dead_letter_queue {
+                let options = QueueDeclareOptions { durable: config.durable(), ..QueueDeclareOptions::default() };
+                bounded(channel.queue_declare(dead_letters.as_str().into(), options, FieldTable::default())).await?;
+            }
+            let options = QueueDeclareOptions { durable: config.durable(), ..QueueDeclareOptions::default() };
+            bounded(channel.queue_declare(config.queue.as_str().into(), options, config.queue_arguments())).await?;
+        } else {
+            let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            bounded(channel.queue_declare(config.queue.as_str().into(), options, FieldTable::default())).await?;
+        }
         let consumer = bounded(channel.basic_consume(
             config.queue.as_str().into(),
             "".into(),
@@ -178,7 +236,7 @@ impl Session {
             FieldTable::default(),
         ))
         .await?;
-        Ok(Self { connection, channel, consumer })
+        Ok(Self { channel, consumer })
     }
 
     async fn serve<S>(
@@ -227,15 +285,14 @@ impl Session {
                 );
             }
         }
-        // Whatever is still running stops now; its requests were not acked.
+        // Whatever is still running stops now; its requests were not acked
+        // and go back to the queue when the channel closes.
         abort.cancel();
         let _ = tokio::time::timeout(STEP_TIMEOUT, tracker.wait()).await;
-        if matches!(ended, Ended::Shutdown) {
-            if let Err(error) = bounded(self.connection.close(200, "worker shutting down".into())).await {
-                tracing::debug!(%error, "closing the connection failed");
-            } else {
-                tracing::info!("AMQP connection closed");
-            }
+        // Closing the channel returns what it still holds to the queue; the
+        // connection is closed (or reused) by the caller.
+        if let Err(error) = bounded(self.channel.close(200, "consumer stopped".into())).await {
+            tracing::debug!(%error, "closing the channel failed (already closed?)");
         }
         ended
     }
@@ -282,7 +339,7 @@ where
             has_correlation_id = properties.correlation_id().is_some(),
             "rejecting a message without reply_to or correlation_id: nobody could receive its reply"
         );
-        if let Err(error) = acker.reject(BasicRejectOptions { requeue: false }).await {
+        if let Err(error) = bounded(acker.reject(BasicRejectOptions { requeue: false })).await {
             tracing::warn!(%error, "reject failed");
         }
         return;
@@ -292,7 +349,7 @@ where
     if deadline.is_some_and(|d| d <= SystemTime::now()) {
         stats.outcome(Outcome::Expired);
         tracing::debug!("dropping an expired request without work");
-        if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+        if let Err(error) = bounded(acker.ack(BasicAckOptions::default())).await {
             tracing::warn!(%error, "ack failed");
         }
         return;
@@ -324,10 +381,13 @@ where
     }
 
     let succeeded = outcome.is_ok();
-    match reply::publish(&channel, reply_to, correlation_id, outcome).await {
+    // Bounded: an await on a channel that died silently must not hold the
+    // request (and a prefetch slot) forever.
+    let published = tokio::time::timeout(STEP_TIMEOUT, reply::publish(&channel, reply_to, correlation_id, outcome));
+    match published.await.unwrap_or(Err(reply::ReplyError::Timeout(STEP_TIMEOUT))) {
         Ok(()) => {
             stats.outcome(if succeeded { Outcome::Ok } else { Outcome::Error });
-            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+            if let Err(error) = bounded(acker.ack(BasicAckOptions::default())).await {
                 tracing::warn!(%error, "ack failed; the request will be redelivered");
             }
         }

@@ -38,7 +38,7 @@ mod reply;
 pub mod request;
 mod stats;
 
-pub use config::WorkerConfig;
+pub use config::{QueueType, WorkerConfig};
 pub use consumer::{RunningWorker, WorkerError, spawn};
 pub use request::{Request, Response};
 pub use stats::Stats;

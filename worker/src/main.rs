@@ -6,7 +6,7 @@ use amqp_gateway::broker::AmqpUrl;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use worker::{WorkerConfig, handlers};
+use worker::{QueueType, WorkerConfig, handlers};
 
 /// Command-line flags of the `worker` binary.
 #[derive(Debug, Parser)]
@@ -51,6 +51,21 @@ struct Args {
     #[arg(long, env = "WORKER_DECLARE_QUEUE", default_value_t = true, action = clap::ArgAction::Set)]
     declare_queue: bool,
 
+    /// Queue type: classic, or quorum (replicated in a cluster, durable,
+    /// with a delivery limit for poison messages).
+    #[arg(long, env = "WORKER_QUEUE_TYPE", value_enum, default_value_t = QueueKind::Classic)]
+    queue_type: QueueKind,
+
+    /// Quorum queues: deliveries after which a message is dead-lettered (or
+    /// dropped) instead of delivered again.
+    #[arg(long, env = "WORKER_DELIVERY_LIMIT", default_value_t = 5)]
+    delivery_limit: u32,
+
+    /// Queue receiving messages the route's queue gives up on (rejected, over
+    /// the delivery limit, expired); declared beside it. Off when unset.
+    #[arg(long, env = "WORKER_DEAD_LETTER_QUEUE")]
+    dead_letter_queue: Option<String>,
+
     /// How long requests in flight may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -63,6 +78,14 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: otel::LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QueueKind {
+    /// A classic queue.
+    Classic,
+    /// A quorum queue.
+    Quorum,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -89,6 +112,12 @@ async fn main() -> anyhow::Result<()> {
         prefetch: args.prefetch,
         durable: args.durable,
         declare: args.declare_queue,
+        queue_type: match args.queue_type {
+            QueueKind::Classic => QueueType::Classic,
+            QueueKind::Quorum => QueueType::Quorum,
+        },
+        delivery_limit: args.delivery_limit,
+        dead_letter_queue: args.dead_letter_queue,
         shutdown_grace: args.shutdown_grace,
     };
     tracing::info!(broker = %config.url, route = %config.queue, handler = ?args.handler, "worker starting");

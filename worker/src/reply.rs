@@ -18,6 +18,8 @@ pub(crate) enum ReplyError {
     Amqp(#[from] lapin::Error),
     #[error("the broker nacked the reply")]
     Nacked,
+    #[error("the broker did not confirm the reply within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// Publishes the reply to a request and waits for the broker's confirm.

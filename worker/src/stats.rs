@@ -9,7 +9,8 @@
 //!   `reply_failed` (left for redelivery).
 //! - `worker_handler_duration_seconds{route}`: handler time.
 //! - `worker_requests_in_flight{route}`: requests being handled.
-//! - `worker_handler_panics_total{route}`, `worker_broker_reconnects_total{route}`.
+//! - `worker_handler_panics_total{route}`, `worker_broker_reconnects_total{route}`,
+//!   `worker_channel_recoveries_total{route}`.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -39,8 +40,10 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// Handler panics, answered INTERNAL.
     pub panics: AtomicU64,
-    /// Sessions re-established after a loss.
+    /// Connections re-established after a loss.
     pub reconnects: AtomicU64,
+    /// Channels reopened on a live connection after the broker closed them.
+    pub channel_recoveries: AtomicU64,
     metrics: Metrics,
 }
 
@@ -53,6 +56,7 @@ struct Metrics {
     reply_failed: Counter,
     panics: Counter,
     reconnects: Counter,
+    channel_recoveries: Counter,
     duration: Histogram,
     in_flight: Gauge,
 }
@@ -69,6 +73,7 @@ impl Stats {
             rejected: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            channel_recoveries: AtomicU64::new(0),
             metrics: Metrics {
                 ok: outcome("ok"),
                 error: outcome("error"),
@@ -77,6 +82,7 @@ impl Stats {
                 reply_failed: outcome("reply_failed"),
                 panics: metrics::counter!("worker_handler_panics_total", &[route()]),
                 reconnects: metrics::counter!("worker_broker_reconnects_total", &[route()]),
+                channel_recoveries: metrics::counter!("worker_channel_recoveries_total", &[route()]),
                 duration: metrics::histogram!("worker_handler_duration_seconds", &[route()]),
                 in_flight: metrics::gauge!("worker_requests_in_flight", &[route()]),
             },
@@ -118,6 +124,11 @@ impl Stats {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         self.metrics.reconnects.increment(1);
     }
+
+    pub(crate) fn channel_recovered(&self) {
+        self.channel_recoveries.fetch_add(1, Ordering::Relaxed);
+        self.metrics.channel_recoveries.increment(1);
+    }
 }
 
 fn describe() {
@@ -129,5 +140,6 @@ fn describe() {
     );
     metrics::describe_gauge!("worker_requests_in_flight", "Requests being handled now");
     metrics::describe_counter!("worker_handler_panics_total", "Handler panics, answered INTERNAL");
-    metrics::describe_counter!("worker_broker_reconnects_total", "Broker sessions re-established after a loss");
+    metrics::describe_counter!("worker_broker_reconnects_total", "Broker connections re-established after a loss");
+    metrics::describe_counter!("worker_channel_recoveries_total", "Channels reopened after the broker closed them");
 }

@@ -167,10 +167,10 @@ impl AmqpClient {
         let session = self.session.borrow().clone().filter(|s| !s.is_lost()).ok_or(CallError::NotConnected)?;
         let slot = session.slot();
         let (_guard, reply) = slot.pending.insert(call.correlation_id);
-        // A session marks itself lost before failing its pending calls, so a
-        // call registered after that sweep sees the mark here and is not left
-        // waiting for a reply that cannot come.
-        if session.is_lost() {
+        // A channel or session marks itself closed before failing its pending
+        // calls, so a call registered after that sweep sees the mark here and
+        // is not left waiting for a reply that cannot come.
+        if slot.is_closed() || session.is_lost() {
             return Err(CallError::ConnectionLost);
         }
 

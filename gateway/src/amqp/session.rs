@@ -1,11 +1,13 @@
 //! One live broker connection and its publisher channels.
 //!
 //! A [`Session`] is opened by the supervisor (`super::supervise`) and replaced
-//! as a whole when anything in it fails. Each channel is in confirm mode and
+//! as a whole when its connection fails. Each channel is in confirm mode and
 //! consumes RabbitMQ Direct Reply-to (`amq.rabbitmq.reply-to`), so replies need
 //! no queue, nothing is shared between gateway instances, and a reply comes
-//! back on the channel that published its request. Its reply task (here) is
-//! where a reply is matched to its call.
+//! back on the channel that published its request. Each channel's reply task
+//! (here) is where a reply is matched to its call; when the broker closes that
+//! channel alone, the task fails the channel's waiting calls and reopens it on
+//! the same connection.
 
 use std::{
     sync::{
@@ -15,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use amqp_gateway::broker;
 use futures::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer,
@@ -22,6 +25,7 @@ use lapin::{
     options::{BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::FieldTable,
 };
+use parking_lot::RwLock;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -41,13 +45,24 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Slot {
     pub(crate) channel: Channel,
     pub(crate) pending: Arc<PendingTable>,
+    /// Cancelled when this channel can no longer deliver replies.
+    closed: CancellationToken,
+}
+
+impl Slot {
+    /// True once the channel has failed; its waiting calls are failed too.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
 }
 
 /// A connected broker session.
 #[derive(Debug)]
 pub(crate) struct Session {
     connection: Connection,
-    slots: Vec<Slot>,
+    /// Replaced one by one when the broker closes a channel; the lock is held
+    /// only to clone or swap the `Arc`.
+    slots: Vec<RwLock<Arc<Slot>>>,
     next: AtomicUsize,
     /// Cancelled when the session can no longer deliver replies.
     lost: CancellationToken,
@@ -68,6 +83,22 @@ async fn bounded<T>(step: impl Future<Output = lapin::Result<T>>) -> Result<T, O
     Ok(tokio::time::timeout(SETUP_TIMEOUT, step).await.map_err(|_| OpenError::Timeout(SETUP_TIMEOUT))??)
 }
 
+/// Opens one publisher channel: confirm mode, consuming Direct Reply-to.
+async fn open_slot(connection: &Connection) -> Result<(Arc<Slot>, Consumer), OpenError> {
+    let channel = bounded(connection.create_channel()).await?;
+    bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+    // Direct reply-to requires consuming before publishing, in no-ack mode.
+    let consumer = bounded(channel.basic_consume(
+        DIRECT_REPLY_TO.into(),
+        "".into(),
+        BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+        FieldTable::default(),
+    ))
+    .await?;
+    let slot = Slot { channel, pending: Arc::new(PendingTable::default()), closed: CancellationToken::new() };
+    Ok((Arc::new(slot), consumer))
+}
+
 impl Session {
     /// Connects, opens `config.channels` publisher channels and starts their
     /// reply tasks on `tracker`.
@@ -78,7 +109,6 @@ impl Session {
     ) -> Result<Arc<Self>, OpenError> {
         let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-gateway".into());
         let connection = bounded(Connection::connect(config.url.expose(), properties)).await?;
-        let lost = CancellationToken::new();
         if !config.exchange.is_empty() {
             // Publishing to a missing exchange closes the channel: check once
             // here, so a typo fails the connection attempt with a clear error
@@ -98,40 +128,29 @@ impl Session {
         let mut slots = Vec::with_capacity(config.channels);
         let mut consumers = Vec::with_capacity(config.channels);
         for _ in 0..config.channels {
-            let channel = bounded(connection.create_channel()).await?;
-            bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-            // Direct reply-to requires consuming before publishing, in no-ack mode.
-            let consumer = bounded(channel.basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-                FieldTable::default(),
-            ))
-            .await?;
-            let slot = Slot { channel, pending: Arc::new(PendingTable::default()) };
-            consumers.push((consumer, slot.pending.clone(), slot.channel.id()));
-            slots.push(slot);
+            let (slot, consumer) = open_slot(&connection).await?;
+            slots.push(RwLock::new(slot));
+            consumers.push(consumer);
         }
-        for (consumer, pending, channel_id) in consumers {
-            let task = route_replies(consumer, pending, stats.clone(), lost.clone());
-            tracker.spawn(task.instrument(tracing::info_span!("replies", channel = channel_id)));
+        let session = Arc::new(Self { connection, slots, next: AtomicUsize::new(0), lost: CancellationToken::new() });
+        for (index, consumer) in consumers.into_iter().enumerate() {
+            let task = serve_slot(session.clone(), index, consumer, stats.clone());
+            tracker.spawn(task.instrument(tracing::info_span!("replies", channel = index)));
         }
-        tracker.spawn(
-            watch_connection(connection.events_listener(), lost.clone())
-                .instrument(tracing::info_span!("connection-events")),
-        );
-        Ok(Arc::new(Self { connection, slots, next: AtomicUsize::new(0), lost }))
+        let events = watch_connection(session.connection.events_listener(), session.lost.clone());
+        tracker.spawn(events.instrument(tracing::info_span!("connection-events")));
+        Ok(session)
     }
 
     /// The next publisher channel, round robin.
-    pub(crate) fn slot(&self) -> &Slot {
+    pub(crate) fn slot(&self) -> Arc<Slot> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        &self.slots[i]
+        self.slots[i].read().clone()
     }
 
     /// Calls waiting for a reply in this session.
     pub(crate) fn pending(&self) -> usize {
-        self.slots.iter().map(|s| s.pending.len()).sum()
+        self.slots.iter().map(|s| s.read().pending.len()).sum()
     }
 
     /// Resolves when the session has failed.
@@ -147,7 +166,7 @@ impl Session {
     /// Fails every waiting call and marks the session lost.
     pub(crate) fn fail(&self) -> usize {
         self.lost.cancel();
-        self.slots.iter().map(|s| s.pending.fail_all(|| CallError::ConnectionLost)).sum()
+        self.slots.iter().map(|s| s.read().pending.fail_all(|| CallError::ConnectionLost)).sum()
     }
 
     /// Closes the connection cleanly, within a bound.
@@ -162,30 +181,63 @@ impl Session {
     }
 }
 
-/// Matches replies to their calls until the consumer ends, then fails every
-/// call still waiting on this channel: its replies can no longer arrive.
-async fn route_replies(mut consumer: Consumer, pending: Arc<PendingTable>, stats: Arc<Stats>, lost: CancellationToken) {
+/// Serves one channel slot for the life of the session: matches replies to
+/// their calls, and when the broker closes the channel while the connection
+/// stays up, fails the channel's waiting calls (their replies cannot arrive)
+/// and reopens it. A failed connection ends the session instead.
+async fn serve_slot(session: Arc<Session>, index: usize, mut consumer: Consumer, stats: Arc<Stats>) {
+    let mut slot = session.slots[index].read().clone();
+    loop {
+        let reason = route_replies(&mut consumer, &slot.pending, &stats, &session.lost).await;
+        slot.closed.cancel();
+        let failed = slot.pending.fail_all(|| CallError::ConnectionLost);
+        if session.is_lost() {
+            return;
+        }
+        tracing::warn!(%reason, failed, "reply channel closed; reopening it");
+        let mut attempt = 0u32;
+        (slot, consumer) = loop {
+            if !session.connection.status().connected() {
+                session.lost.cancel();
+                return;
+            }
+            match open_slot(&session.connection).await {
+                Ok(opened) => break opened,
+                Err(error) => {
+                    let delay = broker::backoff(attempt, rand::random());
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(%error, retry_in = ?delay, "cannot reopen the channel");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = session.lost.cancelled() => return,
+                    }
+                }
+            }
+        };
+        *session.slots[index].write() = slot.clone();
+        stats.channel_recovered();
+        tracing::info!("reply channel reopened");
+    }
+}
+
+/// Matches replies to their calls until the consumer ends or the session is
+/// lost; returns why it stopped.
+async fn route_replies(
+    consumer: &mut Consumer,
+    pending: &PendingTable,
+    stats: &Stats,
+    lost: &CancellationToken,
+) -> String {
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
-            () = lost.cancelled() => break,
+            () = lost.cancelled() => return "session lost".into(),
         };
         match delivery {
-            Some(Ok(delivery)) => dispatch(delivery, &pending, &stats),
-            Some(Err(error)) => {
-                tracing::warn!(%error, "reply consumer failed");
-                break;
-            }
-            None => {
-                tracing::warn!("reply consumer ended");
-                break;
-            }
+            Some(Ok(delivery)) => dispatch(delivery, pending, stats),
+            Some(Err(error)) => return error.to_string(),
+            None => return "the reply consumer ended".into(),
         }
-    }
-    lost.cancel();
-    let failed = pending.fail_all(|| CallError::ConnectionLost);
-    if failed > 0 {
-        tracing::warn!(failed, "failed calls waiting on a lost channel");
     }
 }
 
