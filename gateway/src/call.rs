@@ -2,17 +2,12 @@
 //! `grpc-timeout`, the configured default and cap) and its correlation id, and
 //! the enforcement of that deadline.
 //!
-//! Why a layer and not the handler: tonic's transport wraps every service in
-//! its own timeout, started from `grpc-timeout` when the request arrives, and
-//! answers CANCELLED when it fires. The contract wants DEADLINE_EXCEEDED, so the
-//! gateway must answer first, even while the request body is still being read
-//! (the handler has not started then). tonic creates its timer *after* calling
-//! the inner service's `call`, and when woken polls the inner future before its
-//! timer. [`CallLayer`] sits inside tonic's timeout, fixes the deadline
-//! synchronously in `call` and races the call against it: our timer is never
-//! later than tonic's, so our answer wins even when both fire in the same
-//! timer tick. Dropping the inner future on expiry drops the handler, whose
-//! pending entry goes with it.
+//! Why a layer and not the handler: the deadline must hold even while the
+//! request body is still being read (the handler has not started then), and
+//! dropping the inner future on expiry drops the handler, whose pending entry
+//! goes with it. The deadline is fixed synchronously in `call`, when the
+//! call arrives. (The gateway serves HTTP/2 itself, see `transport`, so no
+//! other timer answers first with another code.)
 //!
 //! The correlation id is returned as `correlation-id` metadata on every
 //! answer, errors and deadlines included, so any call can be found in worker
@@ -163,7 +158,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // Synchronously, before tonic starts its own timer: see the module docs.
         let deadline = self.policy.deadline(request.headers(), Instant::now());
         let correlation_id = Uuid::new_v4();
         request.extensions_mut().insert(CallContext { deadline, correlation_id });

@@ -70,6 +70,10 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub max_in_flight: usize,
 
+    /// Most concurrent calls (HTTP/2 streams) on one client connection.
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub max_concurrent_streams: u32,
+
     /// AMQP channels used to publish requests (each with its own direct
     /// reply-to consumer).
     #[arg(long, env = "GATEWAY_CHANNELS", default_value_t = 2)]
@@ -128,6 +132,8 @@ pub struct Config {
     pub limits: Limits,
     /// Most `Process` calls in flight.
     pub max_in_flight: usize,
+    /// Most concurrent streams per client connection.
+    pub max_concurrent_streams: u32,
     /// Drain period on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -179,6 +185,7 @@ impl Args {
             return Err(ConfigError::DefaultRouteNotAllowed(route.clone()));
         }
         for (name, value) in [
+            ("max-concurrent-streams", self.max_concurrent_streams as usize),
             ("max-in-flight", self.max_in_flight),
             ("channels", self.channels),
             ("max-payload-bytes", self.max_payload_bytes),
@@ -206,6 +213,7 @@ impl Args {
                 max_header_bytes: self.max_header_bytes,
             },
             max_in_flight: self.max_in_flight,
+            max_concurrent_streams: self.max_concurrent_streams,
             shutdown_grace: self.shutdown_grace,
         })
     }

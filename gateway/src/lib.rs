@@ -5,8 +5,8 @@
 //!
 //! A call travels through these files, in order:
 //!
-//! - [`server`]: assembly. The listener, health and reflection, graceful
-//!   shutdown, and the layers around `Process`: [`limit::InFlightLimitLayer`]
+//! - [`server`]: assembly. Health and reflection, graceful shutdown, HTTP/2
+//!   serving (`transport`), and the layers around `Process`: [`limit::InFlightLimitLayer`]
 //!   (load shedding) and [`call::CallLayer`] (the call's deadline and
 //!   correlation id, and DEADLINE_EXCEEDED when it passes).
 //! - [`service`]: `Process` itself, where a request enters, is validated
@@ -27,6 +27,7 @@ pub mod limit;
 pub mod metrics;
 pub mod server;
 pub mod service;
+mod transport;
 pub mod validate;
 
 pub use config::{Args, Config};

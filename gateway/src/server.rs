@@ -1,5 +1,6 @@
 //! Server assembly: the `Gateway` service behind its layers, health and
-//! reflection on the same port, served until shutdown with a drain period.
+//! reflection on the same port, served (by [`transport`]) until shutdown, with
+//! a drain period.
 //!
 //! [`spawn`] takes an already bound listener and a shutdown token, so tests
 //! bind port 0 and trigger shutdown themselves; the binary passes SIGTERM.
@@ -9,7 +10,7 @@ use std::time::Duration;
 use amqp_gateway::{FILE_DESCRIPTOR_SET, SERVICE_NAME, pb::gateway_server::GatewayServer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer;
 use tracing::Instrument;
@@ -20,6 +21,7 @@ use crate::{
     config::Config,
     limit::InFlightLimitLayer,
     service::GatewayService,
+    transport::{self, Http2Settings},
 };
 
 /// Room above the payload limit for the rest of a `ProcessRequest` (route,
@@ -106,37 +108,33 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
         ),
     );
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let drain_started = shutdown.clone();
-    let serve = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(gateway)
-        .serve_with_incoming_shutdown(incoming, drain_started.cancelled_owned());
+    let routes =
+        Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(gateway);
+    let settings = Http2Settings { max_concurrent_streams: config.max_concurrent_streams };
 
     let grace = config.shutdown_grace;
     let task_client = client.clone();
     let task = tokio::spawn(
         async move {
+            let serve = transport::serve(listener, routes, settings, shutdown.clone(), &tracker);
             let mut serve = std::pin::pin!(serve);
-            let result = tokio::select! {
-                result = &mut serve => result,
+            tokio::select! {
+                () = &mut serve => {}
                 () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
                     tracing::warn!(?grace, "grace period over: answering the calls still in flight with UNAVAILABLE");
                     abort.cancel();
-                    // Every handler now returns at once; give the transport a
-                    // moment to write those answers.
-                    tokio::time::timeout(CLOSE_TIMEOUT, &mut serve).await.unwrap_or(Ok(()))
+                    // Every handler now returns at once; give the connections
+                    // a moment to write those answers.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut serve).await;
                 }
-            };
+            }
             tracing::info!(pending = task_client.pending(), "gRPC server stopped; closing the broker connection");
             amqp_shutdown.cancel();
             tracker.close();
             if tokio::time::timeout(CLOSE_TIMEOUT, tracker.wait()).await.is_err() {
                 tracing::warn!("background tasks did not stop in time");
             }
-            Ok(result?)
+            Ok(())
         }
         .instrument(tracing::info_span!("gateway")),
     );

@@ -12,7 +12,6 @@ use testkit::{
     Process,
     otlp::{OtlpCollector, STATUS_ERROR, Span, kind},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, transport::Channel};
 
 const READY: Duration = Duration::from_secs(20);
@@ -239,22 +238,6 @@ async fn a_python_pika_worker_reads_the_trace_context() {
     assert_eq!(seen["payload"], "from rust");
 }
 
-/// GETs `path` over plain HTTP/1.0 and returns the body.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
-    body.to_owned()
-}
-
-/// The value of the sample whose line starts with `series` (name and labels).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_calls_by_route_and_code() {
     let url = testkit::amqp_url();
@@ -288,18 +271,18 @@ async fn metrics_count_calls_by_route_and_code() {
     let nobody = ProcessRequest { route: unbound.clone(), ..Default::default() };
     assert_eq!(client.process(nobody).await.unwrap_err().code(), Code::Unavailable);
 
-    let text = http_get(gateway_metrics, "/metrics").await;
+    let text = testkit::scrape::metrics(gateway_metrics).await;
     let ok = format!("gateway_calls_total{{route=\"{route}\",code=\"OK\"}}");
-    assert_eq!(sample(&text, &ok), Some(3.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, &ok), Some(3.0), "{text}");
     let invalid = "gateway_calls_total{route=\"(invalid)\",code=\"INVALID_ARGUMENT\"}";
-    assert_eq!(sample(&text, invalid), Some(1.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, invalid), Some(1.0), "{text}");
     let unavailable = format!("gateway_calls_total{{route=\"{unbound}\",code=\"UNAVAILABLE\"}}");
-    assert_eq!(sample(&text, &unavailable), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "gateway_unroutable_total"), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "gateway_pending_calls"), Some(0.0), "{text}");
-    assert_eq!(sample(&text, "gateway_calls_in_flight"), Some(0.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, &unavailable), Some(1.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, "gateway_unroutable_total"), Some(1.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, "gateway_pending_calls"), Some(0.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, "gateway_calls_in_flight"), Some(0.0), "{text}");
     let count = format!("gateway_call_duration_seconds_count{{route=\"{route}\"}}");
-    assert_eq!(sample(&text, &count), Some(3.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, &count), Some(3.0), "{text}");
     assert!(text.contains("# TYPE gateway_calls_total counter"), "{text}");
 
     // The worker counts a reply once the broker confirmed it: maybe just after
@@ -307,10 +290,10 @@ async fn metrics_count_calls_by_route_and_code() {
     let ok = format!("worker_messages_total{{route=\"{route}\",outcome=\"ok\"}}");
     testkit::eventually("worker counted 3 replies", Duration::from_secs(5), || {
         let ok = ok.clone();
-        async move { sample(&http_get(worker_metrics, "/metrics").await, &ok) == Some(3.0) }
+        async move { testkit::scrape::sample(&testkit::scrape::metrics(worker_metrics).await, &ok) == Some(3.0) }
     })
     .await;
-    let text = http_get(worker_metrics, "/metrics").await;
+    let text = testkit::scrape::metrics(worker_metrics).await;
     let handled = format!("worker_handler_duration_seconds_count{{route=\"{route}\"}}");
-    assert_eq!(sample(&text, &handled), Some(3.0), "{text}");
+    assert_eq!(testkit::scrape::sample(&text, &handled), Some(3.0), "{text}");
 }

@@ -7,6 +7,7 @@
 //! started for the run. [`otlp`] holds a trace collector for tracing tests.
 
 pub mod otlp;
+pub mod scrape;
 
 use std::{
     future::Future,
@@ -123,6 +124,22 @@ impl Process {
         Self { child, name, log }
     }
 
+    /// Peak resident set size (`VmHWM`) in KiB, from `/proc`.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("/proc status of {}: {e}", self.name));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM for {}", self.name))
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
     /// Everything the process has written so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -229,5 +246,83 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.cut();
         self.accept.abort();
+    }
+}
+
+/// A private RabbitMQ node owned by one test, for faults the machine's shared
+/// broker must never see (restarts). Started with `scripts/rabbitmq-node.sh`,
+/// which needs `rabbitmq-server` installed; stopped and removed when dropped.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    dir: PathBuf,
+    url: String,
+}
+
+impl PrivateBroker {
+    fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-node.sh")
+    }
+
+    /// Starts a node (a few seconds) and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("gateway-test-broker"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
+        let output = Command::new(Self::script())
+            .arg("start")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run rabbitmq-node.sh: {e}"));
+        let broker = Self { url: String::from_utf8_lossy(&output.stdout).trim().to_owned(), dir };
+        assert!(
+            output.status.success() && broker.url.starts_with("amqp://"),
+            "a private RabbitMQ node did not start (is rabbitmq-server installed?):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        broker
+    }
+
+    /// The node's AMQP URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The node's AMQP address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let url = url::Url::parse(&self.url).unwrap_or_else(|e| panic!("broker URL: {e}"));
+        let port = url.port().unwrap_or(5672);
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Runs `rabbitmqctl` against the node, e.g. `["stop_app"]`; panics if it fails.
+    pub async fn ctl(&self, args: &[&str]) {
+        let output = Command::new(Self::script())
+            .arg("ctl")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run rabbitmq-node.sh: {e}"));
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,476 @@
+//! Fault injection against real `gateway` and `worker` processes: broker
+//! restarts (on a private RabbitMQ node this test owns, never the machine's
+//! shared broker), killed and stopped workers, overload, poison messages.
+//! Every test is bounded in time; every call must end with a status.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
+use futures::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::FieldTable,
+};
+use rand::Rng;
+use testkit::{Process, scrape};
+use tonic::Code;
+
+const READY: Duration = Duration::from_secs(30);
+
+type RawHttp2 =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
+
+/// A gRPC client that sends its deadline but does not enforce it itself, so
+/// every status a test sees is the gateway's own answer.
+fn client(addr: SocketAddr) -> GatewayClient<RawHttp2> {
+    let http2 =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    GatewayClient::with_origin(http2, format!("http://{addr}").parse().unwrap())
+}
+
+async fn logged(process: &Process, line: &str) {
+    testkit::eventually(&format!("log line {line:?}"), READY, || {
+        let found = process.log().contains(line);
+        async move { found }
+    })
+    .await;
+}
+
+/// A worker process serving `route`, consuming when this returns.
+async fn worker(url: &str, route: &str, extra: &[&str]) -> Process {
+    let mut args = vec!["--route", route];
+    args.extend_from_slice(extra);
+    let process = Process::spawn("worker", &args, &[("AMQP_URL", url)]);
+    logged(&process, "consuming").await;
+    process
+}
+
+/// A gateway process allowing `routes`, connected when this returns.
+async fn gateway(url: &str, routes: &str, extra: &[&str]) -> (Process, SocketAddr) {
+    let addr = testkit::free_addr();
+    let listen = addr.to_string();
+    let mut args = vec!["--listen", listen.as_str(), "--routes", routes];
+    args.extend_from_slice(extra);
+    let process = Process::spawn("gateway", &args, &[("AMQP_URL", url)]);
+    logged(&process, "connected to the broker").await;
+    (process, addr)
+}
+
+fn request(route: &str, payload: Vec<u8>, deadline: Duration) -> tonic::Request<ProcessRequest> {
+    let mut request =
+        tonic::Request::new(ProcessRequest { route: route.into(), payload: payload.into(), ..Default::default() });
+    request.set_timeout(deadline);
+    request
+}
+
+/// How a call ended, as the test saw it.
+#[derive(Debug)]
+struct Ended {
+    /// The gRPC code; `None` when the call had no answer within its deadline
+    /// plus a margin (a hang).
+    code: Option<Code>,
+    /// Whether an OK reply carried the payload that was sent.
+    payload_matches: bool,
+    elapsed: Duration,
+}
+
+/// One call with a bound of `deadline` + 3 s on the whole wait.
+async fn call(client: &mut GatewayClient<RawHttp2>, route: &str, payload: Vec<u8>, deadline: Duration) -> Ended {
+    let started = Instant::now();
+    let sent = payload.clone();
+    let outcome =
+        tokio::time::timeout(deadline + Duration::from_secs(3), client.process(request(route, payload, deadline)));
+    let (code, payload_matches) = match outcome.await {
+        Err(_) => (None, false),
+        Ok(Ok(response)) => (Some(Code::Ok), response.into_inner().payload == sent),
+        // No connection could be made (the gateway is gone): UNAVAILABLE, as
+        // gRPC clients report it. Any other transport error stays UNKNOWN, so
+        // a call dropped after the gateway accepted it fails the test.
+        Ok(Err(status)) if refused(&status) => (Some(Code::Unavailable), false),
+        Ok(Err(status)) => (Some(status.code()), false),
+    };
+    Ended { code, payload_matches, elapsed: started.elapsed() }
+}
+
+fn refused(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect()) {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+fn tally(ended: &[Ended]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for e in ended {
+        *counts.entry(e.code.map_or_else(|| "HUNG".to_owned(), |c| format!("{c:?}"))).or_default() += 1;
+    }
+    counts
+}
+
+/// Steady load from `concurrency` callers until `stop`; every call's end.
+fn steady_load(
+    addr: SocketAddr,
+    route: String,
+    concurrency: usize,
+    deadline: Duration,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Ended>> {
+    tokio::spawn(async move {
+        let callers = (0..concurrency).map(|c| {
+            let (route, stop) = (route.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut client = client(addr);
+                let mut ended = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    ended.push(call(&mut client, &route, format!("caller {c} call {i}").into_bytes(), deadline).await);
+                }
+                ended
+            })
+        });
+        let mut all = Vec::new();
+        for caller in futures::future::join_all(callers).await {
+            all.extend(caller.unwrap());
+        }
+        all
+    })
+}
+
+async fn health_is(addr: SocketAddr, serving: bool) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await else {
+        return false;
+    };
+    let mut health = HealthClient::new(channel);
+    let check = health.check(HealthCheckRequest { service: "gateway.v1.Gateway".into() }).await;
+    let want = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    check.is_ok_and(|r| r.into_inner().status == want as i32)
+}
+
+#[tokio::test]
+async fn broker_restart_under_steady_load() {
+    let broker = testkit::PrivateBroker::start().await;
+    let route = testkit::unique("restart");
+    let worker_metrics = testkit::free_addr().to_string();
+    let _worker = worker(broker.url(), &route, &["--metrics-listen", &worker_metrics]).await;
+    let gateway_metrics = testkit::free_addr();
+    let (_gateway, addr) = gateway(broker.url(), &route, &["--metrics-listen", &gateway_metrics.to_string()]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(addr, route.clone(), 8, Duration::from_secs(5), stop.clone());
+    let mut probe = client(addr);
+    testkit::eventually("load flowing", READY, || {
+        let mut probe = probe.clone();
+        let route = route.clone();
+        async move { call(&mut probe, &route, b"probe".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
+    })
+    .await;
+
+    broker.ctl(&["stop_app"]).await;
+    testkit::eventually("health NOT_SERVING while the broker is down", READY, || health_is(addr, false)).await;
+    let down = call(&mut probe, &route, b"down".to_vec(), Duration::from_secs(5)).await;
+    assert_eq!(down.code, Some(Code::Unavailable), "{down:?}");
+    assert!(down.elapsed < Duration::from_secs(1), "must fail at once, not at the deadline: {down:?}");
+    broker.ctl(&["start_app"]).await;
+
+    // Recovery without restarting anything, within a bound.
+    testkit::eventually("health SERVING again", READY, || health_is(addr, true)).await;
+    testkit::eventually("calls succeed again", READY, || {
+        let mut probe = probe.clone();
+        let route = route.clone();
+        async move { call(&mut probe, &route, b"back".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
+    })
+    .await;
+    for i in 0..50 {
+        let ended = call(&mut probe, &route, format!("after {i}").into_bytes(), Duration::from_secs(5)).await;
+        assert!(ended.code == Some(Code::Ok) && ended.payload_matches, "call {i} after recovery: {ended:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ended = load.await.unwrap();
+
+    let counts = tally(&ended);
+    println!("broker restart under load: {counts:?}");
+    for e in &ended {
+        assert!(matches!(e.code, Some(Code::Ok | Code::Unavailable)), "every call ends OK or UNAVAILABLE: {e:?}");
+        assert!(e.code != Some(Code::Ok) || e.payload_matches, "a reply reached the wrong caller: {e:?}");
+    }
+    assert!(counts.get("Ok").copied().unwrap_or(0) > 0);
+
+    let metrics = scrape::metrics(gateway_metrics).await;
+    assert!(scrape::total(&metrics, "gateway_broker_reconnects_total") >= 1.0, "{metrics}");
+    assert_eq!(scrape::sample(&metrics, "gateway_pending_calls"), Some(0.0), "{metrics}");
+    let metrics = scrape::metrics(worker_metrics.parse().unwrap()).await;
+    assert!(scrape::total(&metrics, "worker_broker_reconnects_total") >= 1.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn worker_killed_mid_request_second_worker_answers() {
+    let url = testkit::amqp_url();
+    let route = testkit::unique("sigkill");
+    let slow_metrics = testkit::free_addr();
+    let mut slow = worker(
+        &url,
+        &route,
+        &["--durable", "false", "--delay", "60s", "--prefetch", "1", "--metrics-listen", &slow_metrics.to_string()],
+    )
+    .await;
+    let (_gateway, addr) = gateway(&url, &route, &[]).await;
+
+    let mut caller = client(addr);
+    let pending_route = route.clone();
+    let call = tokio::spawn(async move {
+        call(&mut caller, &pending_route, b"must survive".to_vec(), Duration::from_secs(20)).await
+    });
+    let in_flight = format!("worker_requests_in_flight{{route=\"{route}\"}}");
+    testkit::eventually("the slow worker holds the request", READY, || {
+        let in_flight = in_flight.clone();
+        async move { scrape::sample(&scrape::metrics(slow_metrics).await, &in_flight) == Some(1.0) }
+    })
+    .await;
+
+    let _second = worker(&url, &route, &["--durable", "false"]).await;
+    slow.kill().await;
+    let ended = call.await.unwrap();
+    assert_eq!(ended.code, Some(Code::Ok), "{ended:?}");
+    assert!(ended.payload_matches);
+    assert!(ended.elapsed < Duration::from_secs(20), "answered within the deadline: {ended:?}");
+}
+
+#[tokio::test]
+async fn two_gateways_three_workers_twenty_thousand_calls_one_worker_restarted() {
+    let url = testkit::amqp_url();
+    let route = testkit::unique("mix");
+    let args = ["--durable", "false", "--prefetch", "64"];
+    let mut workers =
+        vec![worker(&url, &route, &args).await, worker(&url, &route, &args).await, worker(&url, &route, &args).await];
+    let (_g1, a1) = gateway(&url, &route, &[]).await;
+    let (_g2, a2) = gateway(&url, &route, &[]).await;
+    let clients = [client(a1), client(a2)];
+
+    const CALLS: usize = 20_000;
+    let done = Arc::new(AtomicUsize::new(0));
+    let (calls_route, calls_done) = (route.clone(), done.clone());
+    let calls = (0..CALLS).map(move |i| {
+        let mut client = clients[i % 2].clone();
+        let (route, done) = (calls_route.clone(), calls_done.clone());
+        async move {
+            let (payload, deadline) = {
+                let mut rng = rand::rng();
+                let len = rng.random_range(0..2048);
+                let payload: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                (payload, Duration::from_millis(rng.random_range(200..3000)))
+            };
+            let ended = call(&mut client, &route, payload, deadline).await;
+            done.fetch_add(1, Ordering::Relaxed);
+            ended
+        }
+    });
+    let run = tokio::spawn(futures::stream::iter(calls).buffer_unordered(256).collect::<Vec<Ended>>());
+
+    // A quarter of the way in, one worker dies hard and a new one takes its place.
+    let progress = done.clone();
+    testkit::eventually("a quarter of the calls done", Duration::from_secs(120), || {
+        let n = progress.load(Ordering::Relaxed);
+        async move { n >= CALLS / 4 }
+    })
+    .await;
+    workers[0].kill().await;
+    workers[0] = worker(&url, &route, &args).await;
+
+    let ended = tokio::time::timeout(Duration::from_secs(300), run).await.expect("the run must end").unwrap();
+    let counts = tally(&ended);
+    println!("20,000 calls, 2 gateways, 3 workers, one restarted: {counts:?}");
+    assert_eq!(ended.len(), CALLS, "every call has a final status");
+    let misrouted = ended.iter().filter(|e| e.code == Some(Code::Ok) && !e.payload_matches).count();
+    assert_eq!(misrouted, 0, "replies delivered to the wrong caller");
+    for e in &ended {
+        let code = e.code.unwrap_or_else(|| panic!("a call hung: {e:?}"));
+        assert!(matches!(code, Code::Ok | Code::DeadlineExceeded | Code::Unavailable), "unexpected {e:?}");
+    }
+    assert!(counts["Ok"] > CALLS / 2, "{counts:?}");
+}
+
+#[tokio::test]
+async fn ten_thousand_calls_against_a_slow_worker_stay_bounded() {
+    let url = testkit::amqp_url();
+    let route = testkit::unique("overload");
+    let _slow = worker(&url, &route, &["--durable", "false", "--delay", "10s", "--prefetch", "100"]).await;
+    let metrics = testkit::free_addr();
+    let (gateway, addr) =
+        gateway(&url, &route, &["--max-in-flight", "20000", "--metrics-listen", &metrics.to_string()]).await;
+    let baseline_kib = gateway.peak_rss_kib();
+
+    // 20 connections of 500 concurrent calls each, all in flight at once.
+    const CALLS: usize = 10_000;
+    let connections: Vec<_> = (0..20).map(|_| client(addr)).collect();
+    let calls = (0..CALLS).map(|i| {
+        let mut client = connections[i % connections.len()].clone();
+        let route = route.clone();
+        tokio::spawn(async move { call(&mut client, &route, vec![b'x'; 64], Duration::from_secs(4)).await })
+    });
+    let calls: Vec<_> = calls.collect();
+    testkit::eventually("10,000 calls waiting at once", Duration::from_secs(60), || async move {
+        scrape::sample(&scrape::metrics(metrics).await, "gateway_pending_calls") == Some(CALLS as f64)
+    })
+    .await;
+    let mut ended = Vec::with_capacity(CALLS);
+    for call in calls {
+        ended.push(call.await.unwrap());
+    }
+
+    let peak_kib = gateway.peak_rss_kib();
+    println!("10,000 calls in flight: gateway peak RSS {} MiB (baseline {} MiB)", peak_kib / 1024, baseline_kib / 1024);
+    let counts = tally(&ended);
+    assert_eq!(counts.get("DeadlineExceeded"), Some(&CALLS), "a slow worker means DEADLINE_EXCEEDED: {counts:?}");
+    // Debug build; the release build needs far less (see docs/performance.md).
+    assert!(peak_kib < 250 * 1024, "gateway peak RSS {peak_kib} KiB with 10,000 calls in flight");
+    let text = scrape::metrics(metrics).await;
+    assert_eq!(scrape::sample(&text, "gateway_pending_calls"), Some(0.0), "{text}");
+    assert_eq!(scrape::sample(&text, "gateway_calls_in_flight"), Some(0.0), "{text}");
+}
+
+#[tokio::test]
+async fn poison_message_is_dead_lettered_after_the_delivery_limit() {
+    let url = testkit::amqp_url();
+    let route = testkit::unique("poison");
+    let dead = format!("{route}.dead");
+    let metrics = testkit::free_addr();
+    let metrics_arg = metrics.to_string();
+    // A worker that never finishes the message and is killed while holding
+    // it, again and again: a crash loop.
+    let args = [
+        "--queue-type",
+        "quorum",
+        "--delivery-limit",
+        "2",
+        "--dead-letter-queue",
+        &dead,
+        "--delay",
+        "60s",
+        "--prefetch",
+        "1",
+        "--metrics-listen",
+        &metrics_arg,
+    ];
+    let mut crashing = worker(&url, &route, &args).await;
+
+    let connection = Connection::connect(&url, ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    // Its reply, if any, would go to a queue nobody declared: dropped.
+    let properties =
+        BasicProperties::default().with_reply_to("nobody-listens".into()).with_correlation_id("poison".into());
+    channel
+        .basic_publish("".into(), route.as_str().into(), BasicPublishOptions::default(), b"poison", properties)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let depth = |queue: String| {
+        let channel = channel.clone();
+        async move {
+            let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.unwrap().message_count()
+        }
+    };
+    let in_flight = format!("worker_requests_in_flight{{route=\"{route}\"}}");
+    let mut kills = 0;
+    while depth(dead.clone()).await == 0 {
+        assert!(kills < 5, "still not dead-lettered after {kills} crashes");
+        testkit::eventually("the worker holds the message, or it is dead-lettered", READY, || {
+            let (in_flight, dead) = (in_flight.clone(), dead.clone());
+            let depth = depth.clone();
+            async move {
+                let holding = scrape::metrics(metrics).await.contains(&format!("{in_flight} 1"));
+                holding || depth(dead).await == 1
+            }
+        })
+        .await;
+        if depth(dead.clone()).await == 1 {
+            break;
+        }
+        crashing.kill().await;
+        kills += 1;
+        crashing = worker(&url, &route, &args).await;
+    }
+    // Delivered three times (the first plus two redeliveries), then given up on.
+    assert_eq!(kills, 3, "crashes before the message was dead-lettered");
+    assert_eq!(depth(route.clone()).await, 0);
+    assert_eq!(depth(dead.clone()).await, 1);
+    crashing.kill().await;
+    for queue in [&route, &dead] {
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_under_load_loses_nothing() {
+    let url = testkit::amqp_url();
+    let route = testkit::unique("sigterm");
+    let args = ["--durable", "false", "--delay", "20ms"];
+    let mut first = worker(&url, &route, &args).await;
+    let _second = worker(&url, &route, &args).await;
+    let (mut gateway, addr) = gateway(&url, &route, &[]).await;
+
+    // A worker stopped under load finishes or returns what it holds: every
+    // call still gets its own reply.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(addr, route.clone(), 32, Duration::from_secs(10), stop.clone());
+    let mut probe = client(addr);
+    testkit::eventually("load flowing", READY, || {
+        let mut probe = probe.clone();
+        let route = route.clone();
+        async move { call(&mut probe, &route, b"probe".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
+    })
+    .await;
+    assert!(first.terminate(Duration::from_secs(20)).await.success(), "{}", first.log());
+    for i in 0..20 {
+        let ended = call(&mut probe, &route, format!("after {i}").into_bytes(), Duration::from_secs(5)).await;
+        assert!(ended.code == Some(Code::Ok) && ended.payload_matches, "{ended:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ended = load.await.unwrap();
+    println!("worker SIGTERM under load: {:?}", tally(&ended));
+    for e in &ended {
+        assert!(e.code == Some(Code::Ok) && e.payload_matches, "lost or wrong across a worker's shutdown: {e:?}");
+    }
+
+    // A gateway stopped under load answers every call it accepted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(addr, route.clone(), 32, Duration::from_secs(10), stop.clone());
+    testkit::eventually("load flowing", READY, || {
+        let mut probe = probe.clone();
+        let route = route.clone();
+        async move { call(&mut probe, &route, b"probe".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
+    })
+    .await;
+    assert!(gateway.terminate(Duration::from_secs(20)).await.success(), "{}", gateway.log());
+    stop.store(true, Ordering::Relaxed);
+    let ended = load.await.unwrap();
+    let counts = tally(&ended);
+    println!("gateway SIGTERM under load: {counts:?}");
+    for e in &ended {
+        // Accepted calls are answered with their reply; calls that reach a
+        // stopping or stopped gateway are refused, never left hanging.
+        let code = e.code.unwrap_or_else(|| panic!("a call hung across the gateway's shutdown: {e:?}"));
+        assert!(code == Code::Ok || code == Code::Unavailable, "{e:?}");
+        assert!(code != Code::Ok || e.payload_matches, "{e:?}");
+    }
+}
