@@ -259,7 +259,7 @@ async fn two_gateways_three_workers_twenty_thousand_calls_one_worker_restarted()
     let route = testkit::unique("mix");
     let args = ["--durable", "false", "--prefetch", "64"];
     let mut workers =
-        vec![worker(&url, &route, &args).await, worker(&url, &route, &args).await, worker(&url, &route, &args).await];
+        [worker(&url, &route, &args).await, worker(&url, &route, &args).await, worker(&url, &route, &args).await];
     let (_g1, a1) = gateway(&url, &route, &[]).await;
     let (_g2, a2) = gateway(&url, &route, &[]).await;
     let clients = [client(a1), client(a2)];
@@ -396,7 +396,6 @@ async fn poison_message_is_dead_lettered_after_the_delivery_limit() {
         assert!(kills < 5, "still not dead-lettered after {kills} crashes");
         testkit::eventually("the worker holds the message, or it is dead-lettered", READY, || {
             let (in_flight, dead) = (in_flight.clone(), dead.clone());
-            let depth = depth.clone();
             async move {
                 let holding = scrape::metrics(metrics).await.contains(&format!("{in_flight} 1"));
                 holding || depth(dead).await == 1
