@@ -639,3 +639,45 @@ async fn connection_loss_fails_waiting_calls_at_once_then_recovers() {
     let response = client.process(request(&route, "after")).await.unwrap().into_inner();
     assert_eq!(&response.payload[..], b"after");
 }
+
+#[tokio::test]
+async fn a_channel_closed_by_the_broker_is_reopened_without_reconnecting() {
+    let route = testkit::unique("chan");
+    let exchange = testkit::unique("chan-x");
+    let _worker = TestWorker::echo(&route).await;
+    let connection = Connection::connect(&testkit::amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let declare = || async {
+        let options = lapin::options::ExchangeDeclareOptions { auto_delete: true, ..Default::default() };
+        channel.exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Direct, options, FieldTable::default()).await.unwrap();
+        channel
+            .queue_bind(route.as_str().into(), exchange.as_str().into(), route.as_str().into(), Default::default(), FieldTable::default())
+            .await
+            .unwrap();
+    };
+    declare().await;
+    let gateway = TestGateway::start(&[&route], &["--exchange", &exchange, "--channels", "1"]).await;
+    let mut client = gateway.client().await;
+    assert!(client.process(request(&route, "before")).await.is_ok());
+
+    // Publishing to a deleted exchange makes the broker close that channel.
+    channel.exchange_delete(exchange.as_str().into(), Default::default()).await.unwrap();
+    let status = client.process(request(&route, "no exchange")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let stats = gateway.running().client().stats();
+    testkit::eventually("channel reopened", Duration::from_secs(10), || {
+        let reopened = stats.channel_recoveries.load(Ordering::Relaxed) >= 1;
+        async move { reopened }
+    })
+    .await;
+
+    declare().await;
+    testkit::eventually("calls succeed again", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        let route = route.clone();
+        async move { client.process(request(&route, "after")).await.is_ok() }
+    })
+    .await;
+    assert_eq!(stats.reconnects.load(Ordering::Relaxed), 0, "the connection itself was kept");
+    assert_eq!(gateway.running().client().pending(), 0);
+}

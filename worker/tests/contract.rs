@@ -257,3 +257,24 @@ async fn connection_loss_redelivers_unacked_requests_after_reconnecting() {
     assert_eq!(counter(worker.stats(), |s| &s.reconnects), 1);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_on_the_same_connection() {
+    let queue = testkit::unique("contract-deleted");
+    let shutdown = CancellationToken::new();
+    let worker = echo_worker(&queue, Duration::ZERO, &shutdown).await;
+    let mut caller = Caller::new().await;
+
+    // The broker cancels the consumer of a deleted queue.
+    caller.channel.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+    testkit::eventually("queue declared again", Duration::from_secs(10), || {
+        let recovered = counter(worker.stats(), |s| &s.channel_recoveries) == 1;
+        async move { recovered }
+    })
+    .await;
+    assert!(worker.consuming(READY).await);
+    caller.publish(&queue, b"still here", caller.request("again")).await;
+    assert_eq!(caller.next_reply().await.data, b"still here");
+    assert_eq!(counter(worker.stats(), |s| &s.reconnects), 0, "the connection itself was kept");
+    shutdown.cancel();
+}

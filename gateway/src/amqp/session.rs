@@ -137,8 +137,7 @@ impl Session {
             let task = serve_slot(session.clone(), index, consumer, stats.clone());
             tracker.spawn(task.instrument(tracing::info_span!("replies", channel = index)));
         }
-        let events = watch_connection(session.connection.events_listener(), session.lost.clone());
-        tracker.spawn(events.instrument(tracing::info_span!("connection-events")));
+        tracker.spawn(watch_connection(session.clone()).instrument(tracing::info_span!("connection-events")));
         Ok(session)
     }
 
@@ -256,22 +255,24 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats) {
     }
 }
 
-/// Marks the session lost on a connection error, in case no consumer notices
-/// first.
-async fn watch_connection(events: impl futures::Stream<Item = lapin::Event>, lost: CancellationToken) {
-    let mut events = std::pin::pin!(events);
+/// Marks the session lost on a connection error, in case no reply task
+/// notices first. lapin reports channel errors as events too: those leave the
+/// connection up and are the reply tasks' to handle.
+async fn watch_connection(session: Arc<Session>) {
+    let mut events = std::pin::pin!(session.connection.events_listener());
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(lapin::Event::Error(error)) => {
+                Some(lapin::Event::Error(error)) if !session.connection.status().connected() => {
                     tracing::warn!(%error, "AMQP connection error");
                     break;
                 }
+                Some(lapin::Event::Error(error)) => tracing::debug!(%error, "AMQP channel error"),
                 Some(_) => {}
                 None => break,
             },
-            () = lost.cancelled() => return,
+            () = session.lost.cancelled() => return,
         }
     }
-    lost.cancel();
+    session.lost.cancel();
 }
