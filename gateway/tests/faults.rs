@@ -6,16 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
@@ -23,135 +21,11 @@ use lapin::{
     types::FieldTable,
 };
 use rand::Rng;
-use testkit::{Process, scrape};
+use testkit::{
+    load::{Ended, READY, call, client, gateway, steady_load, tally, worker},
+    scrape,
+};
 use tonic::Code;
-
-const READY: Duration = Duration::from_secs(30);
-
-type RawHttp2 =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
-
-/// A gRPC client that sends its deadline but does not enforce it itself, so
-/// every status a test sees is the gateway's own answer.
-fn client(addr: SocketAddr) -> GatewayClient<RawHttp2> {
-    let http2 =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
-    GatewayClient::with_origin(http2, format!("http://{addr}").parse().unwrap())
-}
-
-async fn logged(process: &Process, line: &str) {
-    testkit::eventually(&format!("log line {line:?}"), READY, || {
-        let found = process.log().contains(line);
-        async move { found }
-    })
-    .await;
-}
-
-/// A worker process serving `route`, consuming when this returns.
-async fn worker(url: &str, route: &str, extra: &[&str]) -> Process {
-    let mut args = vec!["--route", route];
-    args.extend_from_slice(extra);
-    let process = Process::spawn("worker", &args, &[("AMQP_URL", url)]);
-    logged(&process, "consuming").await;
-    process
-}
-
-/// A gateway process allowing `routes`, connected when this returns.
-async fn gateway(url: &str, routes: &str, extra: &[&str]) -> (Process, SocketAddr) {
-    let addr = testkit::free_addr();
-    let listen = addr.to_string();
-    let mut args = vec!["--listen", listen.as_str(), "--routes", routes];
-    args.extend_from_slice(extra);
-    let process = Process::spawn("gateway", &args, &[("AMQP_URL", url)]);
-    logged(&process, "connected to the broker").await;
-    (process, addr)
-}
-
-fn request(route: &str, payload: Vec<u8>, deadline: Duration) -> tonic::Request<ProcessRequest> {
-    let mut request =
-        tonic::Request::new(ProcessRequest { route: route.into(), payload: payload.into(), ..Default::default() });
-    request.set_timeout(deadline);
-    request
-}
-
-/// How a call ended, as the test saw it.
-#[derive(Debug)]
-struct Ended {
-    /// The gRPC code; `None` when the call had no answer within its deadline
-    /// plus a margin (a hang).
-    code: Option<Code>,
-    /// Whether an OK reply carried the payload that was sent.
-    payload_matches: bool,
-    elapsed: Duration,
-}
-
-/// One call with a bound of `deadline` + 3 s on the whole wait.
-async fn call(client: &mut GatewayClient<RawHttp2>, route: &str, payload: Vec<u8>, deadline: Duration) -> Ended {
-    let started = Instant::now();
-    let sent = payload.clone();
-    let outcome =
-        tokio::time::timeout(deadline + Duration::from_secs(3), client.process(request(route, payload, deadline)));
-    let (code, payload_matches) = match outcome.await {
-        Err(_) => (None, false),
-        Ok(Ok(response)) => (Some(Code::Ok), response.into_inner().payload == sent),
-        // No connection could be made (the gateway is gone): UNAVAILABLE, as
-        // gRPC clients report it. Any other transport error stays UNKNOWN, so
-        // a call dropped after the gateway accepted it fails the test.
-        Ok(Err(status)) if refused(&status) => (Some(Code::Unavailable), false),
-        Ok(Err(status)) => (Some(status.code()), false),
-    };
-    Ended { code, payload_matches, elapsed: started.elapsed() }
-}
-
-fn refused(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect()) {
-            return true;
-        }
-        source = error.source();
-    }
-    false
-}
-
-fn tally(ended: &[Ended]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for e in ended {
-        *counts.entry(e.code.map_or_else(|| "HUNG".to_owned(), |c| format!("{c:?}"))).or_default() += 1;
-    }
-    counts
-}
-
-/// Steady load from `concurrency` callers until `stop`; every call's end.
-fn steady_load(
-    addr: SocketAddr,
-    route: String,
-    concurrency: usize,
-    deadline: Duration,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Ended>> {
-    tokio::spawn(async move {
-        let callers = (0..concurrency).map(|c| {
-            let (route, stop) = (route.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut client = client(addr);
-                let mut ended = Vec::new();
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    ended.push(call(&mut client, &route, format!("caller {c} call {i}").into_bytes(), deadline).await);
-                }
-                ended
-            })
-        });
-        let mut all = Vec::new();
-        for caller in futures::future::join_all(callers).await {
-            all.extend(caller.unwrap());
-        }
-        all
-    })
-}
 
 async fn health_is(addr: SocketAddr, serving: bool) -> bool {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -471,5 +345,19 @@ async fn sigterm_under_load_loses_nothing() {
         let code = e.code.unwrap_or_else(|| panic!("a call hung across the gateway's shutdown: {e:?}"));
         assert!(code == Code::Ok || code == Code::Unavailable, "{e:?}");
         assert!(code != Code::Ok || e.payload_matches, "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_soak_command_runs_and_reports() {
+    let output = tokio::process::Command::new(testkit::bin("soak"))
+        .args(["--duration", "8s", "--fault-every", "3s", "--concurrency", "16"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for line in ["calls sent", "lost                       0", "misrouted                  0", "broker restarted", "killed"] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
     }
 }

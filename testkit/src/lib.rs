@@ -6,6 +6,9 @@
 //! always sets: to the broker you gave it, or to a private RabbitMQ node it
 //! started for the run. [`otlp`] holds a trace collector for tracing tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail by panicking
+
+pub mod load;
 pub mod otlp;
 pub mod scrape;
 
@@ -58,12 +61,15 @@ where
     }
 }
 
-/// Path of a binary of this workspace, built next to the test executable
+/// Path of a binary of this workspace, built next to the running executable
 /// (`scripts/test.sh` builds them before the tests run).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap_or_else(|| panic!("unexpected test path {exe:?}"));
+    // A test runs from target/<profile>/deps/, a binary from target/<profile>/.
+    let dir = exe
+        .parent()
+        .map(|dir| if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir })
+        .unwrap_or_else(|| panic!("unexpected executable path {exe:?}"));
     let path = dir.join(name);
     assert!(path.exists(), "{path:?} does not exist: build it first with `cargo build --workspace --bins`");
     path
