@@ -649,9 +649,18 @@ async fn a_channel_closed_by_the_broker_is_reopened_without_reconnecting() {
     let channel = connection.create_channel().await.unwrap();
     let declare = || async {
         let options = lapin::options::ExchangeDeclareOptions { auto_delete: true, ..Default::default() };
-        channel.exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Direct, options, FieldTable::default()).await.unwrap();
         channel
-            .queue_bind(route.as_str().into(), exchange.as_str().into(), route.as_str().into(), Default::default(), FieldTable::default())
+            .exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Direct, options, FieldTable::default())
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                route.as_str().into(),
+                exchange.as_str().into(),
+                route.as_str().into(),
+                Default::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
     };

@@ -357,7 +357,9 @@ async fn the_soak_command_runs_and_reports() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for line in ["calls sent", "lost                       0", "misrouted                  0", "broker restarted", "killed"] {
+    for line in
+        ["calls sent", "lost                       0", "misrouted                  0", "broker restarted", "killed"]
+    {
         assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
     }
 }

@@ -149,4 +149,3 @@ pub fn steady_load(
         all
     })
 }
-

@@ -101,7 +101,10 @@ async fn main() {
                 let i = turn % workers.len();
                 workers[i].kill().await;
                 workers[i] = worker(&url, &route, &worker_args).await;
-                faults.push(format!("{:>5.1}s worker {i} killed (SIGKILL) and restarted", started.elapsed().as_secs_f64()));
+                faults.push(format!(
+                    "{:>5.1}s worker {i} killed (SIGKILL) and restarted",
+                    started.elapsed().as_secs_f64()
+                ));
             }
         }
         turn += 1;
