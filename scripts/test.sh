@@ -111,6 +111,31 @@ fi
 export GRPCURL
 echo "GRPCURL=$GRPCURL ($("$GRPCURL" -version 2>&1))"
 
+# Node tools (scripts/tools/package-lock.json: buf), reinstalled only when
+# the lock file changes.
+node_tools() {
+    local dir=scripts/tools stamp=scripts/tools/node_modules/.package-lock.json
+    command -v npm >/dev/null 2>&1 || die "npm (Node.js 20) is needed for buf and the Node examples: install nodejs and npm"
+    if [[ ! -f "$stamp" ]] || [[ "$dir/package-lock.json" -nt "$stamp" ]]; then
+        echo "installing $dir/package-lock.json"
+        npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error || die "npm ci in $dir failed"
+    fi
+    BUF=$ROOT/$dir/node_modules/.bin/buf
+    "$BUF" --version >/dev/null || die "buf from npm (@bufbuild/buf) does not run on this machine"
+}
+node_tools
+
+# ---------------------------------------------------------------------------
+step "proto/: buf lint, format, breaking changes"
+"$BUF" lint
+"$BUF" format --diff --exit-code
+# gateway.v1 is public API: compare it with the version that first landed.
+# A breaking change belongs in a new package (gateway.v2), not here.
+first=$(git log --diff-filter=A --format=%H -- proto/gateway/v1/gateway.proto 2>/dev/null | tail -n 1)
+[[ -n "$first" ]] || die "cannot find the first commit of proto/gateway/v1/gateway.proto: run in a full git clone"
+"$BUF" breaking --against ".git#ref=$first,subdir=proto"
+echo "proto/ is lint-clean, formatted, and compatible with gateway.v1 as first landed ($first)"
+
 # ---------------------------------------------------------------------------
 step "broker"
 

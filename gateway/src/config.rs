@@ -38,7 +38,7 @@ pub struct Args {
     pub exchange: String,
 
     /// Allow-listed routes (routing keys), comma-separated.
-    #[arg(long, env = "GATEWAY_ROUTES", value_delimiter = ',', required = true)]
+    #[arg(long, env = "GATEWAY_ROUTES", value_delimiter = ',')]
     pub routes: Vec<String>,
 
     /// Route used when a request leaves `route` empty; must be allow-listed.
@@ -87,6 +87,11 @@ pub struct Args {
     /// `/metrics`). Off when unset.
     #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Check the health of the gateway listening on `--listen` (as a
+    /// container health check does) and exit: 0 when it is SERVING.
+    #[arg(long)]
+    pub probe: bool,
 
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]

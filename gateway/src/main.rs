@@ -9,6 +9,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.probe {
+        return probe(args.listen).await;
+    }
     let _telemetry = otel::init("gateway", args.log_format, "info").context("telemetry")?;
     let metrics_listen = args.metrics_listen;
     let config = args.into_config().context("invalid configuration")?;
@@ -53,4 +56,25 @@ async fn shutdown_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     }
+}
+
+/// Asks the gateway at `listen` for its health; succeeds when it is SERVING.
+/// An unspecified listen address (`0.0.0.0`) is probed on loopback.
+async fn probe(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway on {addr}"))?;
+    let request = HealthCheckRequest { service: amqp_gateway::SERVICE_NAME.into() };
+    let status = HealthClient::new(channel).check(request).await?.into_inner().status();
+    anyhow::ensure!(status == ServingStatus::Serving, "gateway on {addr} is {status:?}");
+    println!("SERVING");
+    Ok(())
 }

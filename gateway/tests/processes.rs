@@ -58,6 +58,12 @@ async fn grpcurl_lists_describes_calls_and_checks_health() {
     .await;
     let (ok, out) = grpcurl(addr, &[], &["grpc.health.v1.Health/Check"]).await;
     assert!(ok && out.contains("\"SERVING\""), "{out}");
+    // The same check as a container health check runs it.
+    let probe = Command::new(testkit::bin("gateway")).args(["--probe", "--listen", &listen]).output().await.unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    let closed = testkit::free_addr().to_string();
+    let probe = Command::new(testkit::bin("gateway")).args(["--probe", "--listen", &closed]).output().await.unwrap();
+    assert!(!probe.status.success(), "probing a closed port must fail");
 
     // Discovery through reflection, with the proto's comments.
     let (ok, out) = grpcurl(addr, &[], &["list"]).await;
