@@ -297,3 +297,26 @@ async fn metrics_count_calls_by_route_and_code() {
     let handled = format!("worker_handler_duration_seconds_count{{route=\"{route}\"}}");
     assert_eq!(testkit::scrape::sample(&text, &handled), Some(3.0), "{text}");
 }
+
+#[tokio::test]
+async fn without_export_the_gateway_still_starts_and_passes_on_a_trace() {
+    let url = testkit::amqp_url();
+    let route = testkit::unique("pika-noexport");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pika_worker.py");
+    let pika = Process::spawn_program(&testkit::python(), &[script, &url, &route], &[]);
+    logged(&pika, "consuming").await;
+    let addr = testkit::free_addr();
+    let gateway =
+        Process::spawn("gateway", &["--listen", &addr.to_string(), "--routes", &route], &[("AMQP_URL", &url)]);
+    logged(&gateway, "connected to the broker").await;
+
+    // No traceparent from the caller, no OTLP endpoint on the gateway.
+    let request = ProcessRequest { route: route.clone(), ..ProcessRequest::default() };
+    let response = client(addr).await.process(request).await.unwrap();
+    let seen: std::collections::HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&response.into_inner().payload).unwrap();
+    let traceparent = seen["traceparent"].as_str().unwrap_or_else(|| panic!("no traceparent: {seen:?}"));
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert!(parts.len() == 4 && parts[1].len() == 32 && parts[1] != "0".repeat(32), "{traceparent}");
+    assert!(seen.get("tracestate").is_none(), "an empty tracestate is left out: {seen:?}");
+}

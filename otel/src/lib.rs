@@ -19,8 +19,8 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` (and `_ARG`),
 //! `OTEL_SDK_DISABLED`, and the exporter's and batch processor's own
 //! (`OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_SCHEDULE_DELAY`, ...). Even with
-//! export off, trace context is propagated: a caller's `traceparent` still
-//! reaches the workers.
+//! export off, spans carry real trace context and propagate it: a caller's
+//! trace, or one the gateway starts, still reaches the workers.
 
 mod logs;
 pub mod metrics;
@@ -28,11 +28,7 @@ pub mod propagation;
 
 use std::{fmt, io::IsTerminal as _, str::FromStr};
 
-use opentelemetry::{
-    global,
-    propagation::TextMapCompositePropagator,
-    trace::{TracerProvider as _, noop::NoopTracerProvider},
-};
+use opentelemetry::{global, propagation::TextMapCompositePropagator, trace::TracerProvider as _};
 use opentelemetry_sdk::{
     Resource,
     propagation::{BaggagePropagator, TraceContextPropagator},
@@ -134,29 +130,29 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
         LogFormat::Json => fmt.event_format(logs::Json).boxed(),
     };
 
+    // Spans get real trace and span ids whether or not they are exported:
+    // a call without trace context starts a trace at the gateway, and its
+    // context reaches the workers (which may export even if the gateway
+    // does not).
+    let mut resource = Resource::builder();
+    let named = env("OTEL_SERVICE_NAME").is_some()
+        || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
+    if !named {
+        resource = resource.with_service_name(service_name);
+    }
+    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+    let exporting = export_enabled(env);
+    if exporting {
+        provider = provider.with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?);
+    }
+    let provider = provider.build();
     // The OpenTelemetry layer sees every span at INFO and above whatever
     // RUST_LOG says, so quieter logs never cost traces.
-    let (otel, provider) = if export_enabled(env) {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
-        let mut resource = Resource::builder();
-        let named = env("OTEL_SERVICE_NAME").is_some()
-            || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
-        if !named {
-            resource = resource.with_service_name(service_name);
-        }
-        let provider =
-            SdkTracerProvider::builder().with_resource(resource.build()).with_batch_exporter(exporter).build();
-        let tracer = provider.tracer("grpc-amqp-gateway");
-        (tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO).boxed(), Some(provider))
-    } else {
-        // No export: spans still get valid ids from the caller's context, so
-        // trace context passes through to the workers.
-        let tracer = NoopTracerProvider::new().tracer("grpc-amqp-gateway");
-        (tracing_opentelemetry::layer().with_tracer(tracer).with_filter(LevelFilter::INFO).boxed(), None)
-    };
+    let otel =
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("grpc-amqp-gateway")).with_filter(LevelFilter::INFO);
 
     tracing_subscriber::registry().with(otel).with(fmt.with_filter(filter)).try_init()?;
-    Ok(Guard { provider })
+    Ok(Guard { provider: exporting.then_some(provider) })
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ pub struct AmqpInjector<'a>(pub &'a mut FieldTable);
 
 impl Injector for AmqpInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.into(), wire::long_string(value));
+        // An empty `tracestate` or `baggage` says nothing: leave it out.
+        if !value.is_empty() {
+            self.0.insert(key.into(), wire::long_string(value));
+        }
     }
 }
 
