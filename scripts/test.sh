@@ -62,12 +62,19 @@ command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH: install Rust (htt
 cargo nextest --version >/dev/null 2>&1 ||
     die "cargo-nextest is not installed: cargo install cargo-nextest --locked"
 
-# Python test dependencies (scripts/test-requirements.txt) in .tools/venv,
-# reinstalled only when that file changes.
+# Python tools and examples' dependencies in .tools/venv: the tests' own
+# (scripts/test-requirements.txt) and each Python example's, pinned by its
+# requirements.lock. Reinstalled only when one of those files changes.
+PY_REQUIREMENTS=(
+    -r scripts/test-requirements.txt
+    -r examples/python-worker/requirements.txt -c examples/python-worker/requirements.lock
+    -r examples/python-client/requirements.txt -c examples/python-client/requirements.lock
+    -r examples/django-client/requirements.txt -c examples/django-client/requirements.lock
+)
 python_tools() {
-    local venv="$ROOT/.tools/venv" stamp="$ROOT/.tools/venv/requirements.txt"
+    local venv="$ROOT/.tools/venv" stamp="$ROOT/.tools/venv/requirements.stamp" wanted
     command -v python3 >/dev/null 2>&1 ||
-        die "python3 is needed for the tests' Python tools (grpcurl, pika).
+        die "python3 is needed for the tests' Python tools and examples (grpcurl, pika, grpcio, Django).
   Install python3 (apt-get install python3 python3-venv)."
     if [[ ! -x "$venv/bin/python" ]]; then
         rm -rf "$venv"
@@ -79,15 +86,19 @@ python_tools() {
             python3 -m venv "$venv" || die "python3 -m venv $venv failed"
         fi
     fi
-    if cmp -s scripts/test-requirements.txt "$stamp"; then
-        echo "Python test tools up to date in $venv"
+    wanted=$(cat scripts/test-requirements.txt examples/python-*/requirements.* examples/django-client/requirements.* | cksum)
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
+        echo "Python tools up to date in $venv"
     else
-        echo "installing scripts/test-requirements.txt into $venv"
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r scripts/test-requirements.txt ||
-            die "pip install -r scripts/test-requirements.txt failed"
-        cp scripts/test-requirements.txt "$stamp"
+        echo "installing the pinned Python tools and example dependencies into $venv"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_REQUIREMENTS[@]}" ||
+            die "pip install of the pinned Python requirements failed"
+        printf '%s' "$wanted" >"$stamp"
     fi
     PYTHON=$venv/bin/python
+    # The Python examples' gRPC stubs are generated, not committed.
+    PYTHON=$PYTHON examples/python-client/generate.sh >/dev/null
+    PYTHON=$PYTHON examples/django-client/generate.sh >/dev/null
 }
 python_tools
 export PYTHON
@@ -114,13 +125,16 @@ echo "GRPCURL=$GRPCURL ($("$GRPCURL" -version 2>&1))"
 # Node tools (scripts/tools/package-lock.json: buf), reinstalled only when
 # the lock file changes.
 node_tools() {
-    local dir=scripts/tools stamp=scripts/tools/node_modules/.package-lock.json
+    local dir stamp
     command -v npm >/dev/null 2>&1 || die "npm (Node.js 20) is needed for buf and the Node examples: install nodejs and npm"
-    if [[ ! -f "$stamp" ]] || [[ "$dir/package-lock.json" -nt "$stamp" ]]; then
-        echo "installing $dir/package-lock.json"
-        npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error || die "npm ci in $dir failed"
-    fi
-    BUF=$ROOT/$dir/node_modules/.bin/buf
+    for dir in scripts/tools examples/node-worker examples/node-client; do
+        stamp=$dir/node_modules/.package-lock.json
+        if [[ ! -f "$stamp" ]] || [[ "$dir/package-lock.json" -nt "$stamp" ]]; then
+            echo "installing $dir/package-lock.json"
+            npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error || die "npm ci in $dir failed"
+        fi
+    done
+    BUF=$ROOT/scripts/tools/node_modules/.bin/buf
     "$BUF" --version >/dev/null || die "buf from npm (@bufbuild/buf) does not run on this machine"
 }
 node_tools
