@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use amqp_gateway::pb::gateway_client::GatewayClient;
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
@@ -22,10 +23,19 @@ use lapin::{
 };
 use rand::Rng;
 use testkit::{
-    load::{Ended, READY, call, client, gateway, steady_load, tally, worker},
+    load::{Ended, READY, RawHttp2, call, client, gateway, steady_load, tally, worker},
     scrape,
 };
 use tonic::Code;
+
+/// Polls with single calls until one succeeds.
+async fn succeeds_eventually(probe: &GatewayClient<RawHttp2>, route: &str, what: &str) {
+    testkit::eventually(what, READY, || {
+        let mut probe = probe.clone();
+        async move { call(&mut probe, route, b"probe".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
+    })
+    .await;
+}
 
 async fn health_is(addr: SocketAddr, serving: bool) -> bool {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -50,12 +60,7 @@ async fn broker_restart_under_steady_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(addr, route.clone(), 8, Duration::from_secs(5), stop.clone());
     let mut probe = client(addr);
-    testkit::eventually("load flowing", READY, || {
-        let mut probe = probe.clone();
-        let route = route.clone();
-        async move { call(&mut probe, &route, b"probe".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
-    })
-    .await;
+    succeeds_eventually(&probe, &route, "load flowing").await;
 
     broker.ctl(&["stop_app"]).await;
     testkit::eventually("health NOT_SERVING while the broker is down", READY, || health_is(addr, false)).await;
@@ -66,12 +71,7 @@ async fn broker_restart_under_steady_load() {
 
     // Recovery without restarting anything, within a bound.
     testkit::eventually("health SERVING again", READY, || health_is(addr, true)).await;
-    testkit::eventually("calls succeed again", READY, || {
-        let mut probe = probe.clone();
-        let route = route.clone();
-        async move { call(&mut probe, &route, b"back".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
-    })
-    .await;
+    succeeds_eventually(&probe, &route, "calls succeed again").await;
     for i in 0..50 {
         let ended = call(&mut probe, &route, format!("after {i}").into_bytes(), Duration::from_secs(5)).await;
         assert!(ended.code == Some(Code::Ok) && ended.payload_matches, "call {i} after recovery: {ended:?}");
@@ -307,12 +307,7 @@ async fn sigterm_under_load_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(addr, route.clone(), 32, Duration::from_secs(10), stop.clone());
     let mut probe = client(addr);
-    testkit::eventually("load flowing", READY, || {
-        let mut probe = probe.clone();
-        let route = route.clone();
-        async move { call(&mut probe, &route, b"probe".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
-    })
-    .await;
+    succeeds_eventually(&probe, &route, "load flowing").await;
     assert!(first.terminate(Duration::from_secs(20)).await.success(), "{}", first.log());
     for i in 0..20 {
         let ended = call(&mut probe, &route, format!("after {i}").into_bytes(), Duration::from_secs(5)).await;
@@ -328,12 +323,7 @@ async fn sigterm_under_load_loses_nothing() {
     // A gateway stopped under load answers every call it accepted.
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(addr, route.clone(), 32, Duration::from_secs(10), stop.clone());
-    testkit::eventually("load flowing", READY, || {
-        let mut probe = probe.clone();
-        let route = route.clone();
-        async move { call(&mut probe, &route, b"probe".to_vec(), Duration::from_secs(5)).await.code == Some(Code::Ok) }
-    })
-    .await;
+    succeeds_eventually(&probe, &route, "load flowing").await;
     assert!(gateway.terminate(Duration::from_secs(20)).await.success(), "{}", gateway.log());
     stop.store(true, Ordering::Relaxed);
     let ended = load.await.unwrap();
