@@ -1,9 +1,11 @@
-//! How both sides reach the broker: the AMQP URL, kept out of logs, and the
-//! reconnect backoff. Shared so the gateway and the worker behave alike when a
-//! broker goes away.
+//! How both sides reach the broker: the AMQP URL, kept out of logs, TLS
+//! (`amqps://`, with the system's roots or a CA file of your own), and the
+//! reconnect backoff. Shared so the gateway and the worker connect and behave
+//! alike when a broker goes away.
 
 use std::{fmt, time::Duration};
 
+use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig};
 use url::Url;
 
 /// An AMQP URL whose `Debug` and `Display` hide the password, so it can be
@@ -65,6 +67,30 @@ impl fmt::Display for AmqpUrl {
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AmqpUrl({})", self.redacted)
+    }
+}
+
+/// Where and how to connect: the URL, and for `amqps://` an optional CA
+/// certificate chain (PEM) to trust instead of the system's roots.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    /// The broker URL.
+    pub url: AmqpUrl,
+    /// PEM CA certificates for `amqps://` (None: the system's roots).
+    pub ca_pem: Option<String>,
+}
+
+impl Broker {
+    /// A broker at `url`, trusting the system's roots for TLS.
+    pub fn new(url: AmqpUrl) -> Self {
+        Self { url, ca_pem: None }
+    }
+
+    /// Opens a connection named `name` (shown in the broker's management UI).
+    pub async fn connect(&self, name: &str) -> lapin::Result<Connection> {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let tls = OwnedTLSConfig { identity: None, cert_chain: self.ca_pem.clone() };
+        Connection::connect_with_config(self.url.expose(), properties, tls, lapin::runtime::default_runtime()?).await
     }
 }
 

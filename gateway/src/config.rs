@@ -5,9 +5,11 @@
 //! pure function, so every rule here is tested without touching the process
 //! environment.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use amqp_gateway::broker::{AmqpUrl, InvalidUrl};
+use amqp_gateway::broker::{AmqpUrl, Broker, InvalidUrl};
+
+use crate::auth::Tokens;
 use clap::Parser;
 
 /// Command-line flags of the `gateway` binary.
@@ -28,9 +30,28 @@ pub struct Args {
     )]
     pub amqp_url: String,
 
+    /// PEM file of CA certificates to trust for `amqps://` instead of the
+    /// system's roots (a broker with a private CA).
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+
     /// Address the gRPC server listens on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs
+    /// `--tls-key`. Plaintext (h2c) when unset.
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: clients must present a certificate chaining to these CA
+    /// certificates (PEM).
+    #[arg(long, env = "GATEWAY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
 
     /// Exchange requests are published to ("" is the default exchange, where
     /// the routing key is the queue name).
@@ -83,6 +104,23 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// File of caller tokens, one per line: `TOKEN [route,route,...]` (a
+    /// token followed by the routes it may call; none listed: every allowed
+    /// route). With tokens configured, calls need `authorization: Bearer
+    /// TOKEN`. Off when no tokens are configured.
+    #[arg(long, env = "GATEWAY_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+
+    /// Caller tokens as in `--tokens-file`, `;`-separated. Prefer the file:
+    /// command lines and environments are easier to read than a file.
+    #[arg(long, env = "GATEWAY_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+
+    /// Require a token for health checks and reflection too (by default they
+    /// stay open, for probes and grpcurl).
+    #[arg(long, env = "GATEWAY_AUTH_PROBES")]
+    pub auth_probes: bool,
+
     /// Serve Prometheus metrics over HTTP on this address (any path, e.g.
     /// `/metrics`). Off when unset.
     #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
@@ -104,9 +142,32 @@ pub enum ConfigError {
     /// The AMQP URL did not parse.
     #[error(transparent)]
     AmqpUrl(#[from] InvalidUrl),
-    /// A route name is empty or too long for an AMQP routing key.
-    #[error("invalid route {0:?}: a route is 1 to 255 bytes")]
+    /// A route name is empty, too long for an AMQP routing key, or has
+    /// characters outside `A-Z a-z 0-9 . _ : -`.
+    #[error("invalid route {0:?}: a route is 1 to 255 of A-Z a-z 0-9 . _ : -")]
     Route(String),
+    /// The AMQP CA file could not be read.
+    #[error("cannot read the AMQP CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The tokens file could not be read.
+    #[error("cannot read the tokens file {path}: {reason}")]
+    TokensFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A configured token was refused.
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
+    /// The TLS certificates or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// No route is allow-listed.
     #[error("no routes configured: set --routes / GATEWAY_ROUTES")]
     NoRoutes,
@@ -126,6 +187,11 @@ pub enum ConfigError {
     },
 }
 
+/// Route names: what a routing key and a Prometheus label carry safely.
+fn valid_route(route: &str) -> bool {
+    (1..=255).contains(&route.len()) && route.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+}
+
 /// Validated gateway configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -139,6 +205,12 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Most concurrent streams per client connection.
     pub max_concurrent_streams: u32,
+    /// TLS for the gRPC port (None: plaintext h2c).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Caller tokens (empty: authentication off).
+    pub tokens: Tokens,
+    /// Health and reflection need no token.
+    pub open_probes: bool,
     /// Drain period on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -146,8 +218,8 @@ pub struct Config {
 /// Broker connection settings.
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
-    /// The broker URL.
-    pub url: AmqpUrl,
+    /// The broker: URL and TLS trust.
+    pub broker: Broker,
     /// Exchange requests go to.
     pub exchange: String,
     /// Publisher channels.
@@ -173,18 +245,44 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
+impl From<crate::tls::TlsError> for ConfigError {
+    fn from(error: crate::tls::TlsError) -> Self {
+        // TlsError is not `Eq`; the message is what the operator needs.
+        Self::Tls(error.to_string())
+    }
+}
+
 impl Args {
     /// Checks the flags and builds the configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let url = AmqpUrl::parse(&self.amqp_url)?;
+        let ca_pem = match &self.amqp_ca_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::CaFile { path: path.display().to_string(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
         let routes: BTreeSet<String> =
             self.routes.into_iter().map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect();
         if routes.is_empty() {
             return Err(ConfigError::NoRoutes);
         }
-        if let Some(bad) = routes.iter().find(|r| r.len() > 255) {
+        if let Some(bad) = routes.iter().find(|r| !valid_route(r)) {
             return Err(ConfigError::Route(bad.clone()));
         }
+        let mut token_text = self.tokens.unwrap_or_default();
+        if let Some(path) = &self.tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::TokensFile { path: path.display().to_string(), reason: e.to_string() })?;
+            token_text.push('\n');
+            token_text.push_str(&text);
+        }
+        let tokens = Tokens::parse(&token_text)?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, self.tls_client_ca.as_deref())?),
+            _ => None,
+        };
         let default_route = self.default_route.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
         if let Some(route) = default_route.as_ref().filter(|r| !routes.contains(*r)) {
             return Err(ConfigError::DefaultRouteNotAllowed(route.clone()));
@@ -206,7 +304,7 @@ impl Args {
             return Err(ConfigError::Timeouts { default: self.default_timeout, max: self.max_timeout });
         }
         Ok(Config {
-            amqp: AmqpConfig { url, exchange: self.exchange, channels: self.channels },
+            amqp: AmqpConfig { broker: Broker { url, ca_pem }, exchange: self.exchange, channels: self.channels },
             listen: self.listen,
             limits: Limits {
                 routes,
@@ -219,6 +317,9 @@ impl Args {
             },
             max_in_flight: self.max_in_flight,
             max_concurrent_streams: self.max_concurrent_streams,
+            tls,
+            tokens,
+            open_probes: !self.auth_probes,
             shutdown_grace: self.shutdown_grace,
         })
     }
@@ -261,11 +362,36 @@ mod tests {
     }
 
     #[test]
+    fn routes_are_checked() {
+        let err = Args::try_parse_from(["gateway", "--routes", "ok,not ok"]).unwrap().into_config().unwrap_err();
+        assert_eq!(err, ConfigError::Route("not ok".into()));
+        assert!(Args::try_parse_from(["gateway", "--routes", "a.b-c_d:e"]).unwrap().into_config().is_ok());
+    }
+
+    #[test]
+    fn tokens_from_flag_and_file() {
+        let dir = std::env::temp_dir().join(format!("gateway-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokens");
+        std::fs::write(&file, "# ops\nfile-token-0123456789 echo\n").unwrap();
+        let config = args(&["--tokens", "flag-token-0123456789", "--tokens-file", file.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+        assert_eq!(format!("{:?}", config.tokens), "Tokens(2 configured)");
+        assert!(config.open_probes);
+        let err = args(&["--tokens", "tiny"]).into_config().unwrap_err();
+        assert!(!err.to_string().contains("tiny"), "{err}");
+        let missing = args(&["--tokens-file", "/nonexistent/tokens"]).into_config().unwrap_err();
+        assert!(matches!(missing, ConfigError::TokensFile { .. }));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn password_never_shown() {
         let config = args(&[]).into_config().unwrap();
-        let shown = format!("{} {:?} {:?}", config.amqp.url, config.amqp.url, config);
+        let shown = format!("{} {:?} {:?}", config.amqp.broker.url, config.amqp.broker.url, config);
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("user:****@broker"), "{shown}");
-        assert_eq!(config.amqp.url.expose(), "amqp://user:s3cret@broker:5672/%2f");
+        assert_eq!(config.amqp.broker.url.expose(), "amqp://user:s3cret@broker:5672/%2f");
     }
 }

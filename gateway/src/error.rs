@@ -15,6 +15,9 @@ pub enum GatewayError {
     /// The request is malformed or asks for something not allowed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller's token may not call this route.
+    #[error("this caller may not call route {0:?}")]
+    PermissionDenied(String),
     /// The payload is over the configured limit.
     #[error("payload is {size} bytes, over the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -47,10 +50,24 @@ impl GatewayError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::ShuttingDown | Self::Call(_) => Code::Unavailable,
             Self::Worker { code, .. } => *code,
+        }
+    }
+}
+
+impl GatewayError {
+    /// For a request refused before any AMQP work: why, as a metric label
+    /// (`gateway_rejected_requests_total{reason}`).
+    pub fn rejection(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidArgument(_) => Some("invalid_argument"),
+            Self::PermissionDenied(_) => Some("permission_denied"),
+            Self::PayloadTooLarge { .. } => Some("payload_too_large"),
+            _ => None,
         }
     }
 }
@@ -85,6 +102,7 @@ mod tests {
     fn codes() {
         let cases = [
             (GatewayError::InvalidArgument("x".into()), Code::InvalidArgument),
+            (GatewayError::PermissionDenied("r".into()), Code::PermissionDenied),
             (GatewayError::PayloadTooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
             (GatewayError::DeadlineExceeded, Code::DeadlineExceeded),
             (GatewayError::ShuttingDown, Code::Unavailable),

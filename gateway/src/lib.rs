@@ -9,17 +9,21 @@
 //!   serving (`transport`), and the layers around `Process`: [`limit::InFlightLimitLayer`]
 //!   (load shedding) and [`call::CallLayer`] (the call's deadline and
 //!   correlation id, and DEADLINE_EXCEEDED when it passes).
+//! - [`auth`]: bearer tokens, checked on every request before any AMQP
+//!   work.
 //! - [`service`]: `Process` itself, where a request enters, is validated
 //!   ([`validate`]) and its outcome is decided.
 //! - [`amqp`]: where it is published and where its reply is matched (the
 //!   session, its channels, the pending table, reconnection).
 //! - [`error`]: every failure, and the one mapping to a gRPC status.
-//! - [`config`]: flags and environment, checked once at start-up.
+//! - [`config`]: flags and environment, checked once at start-up; [`tls`]
+//!   loads the server's certificates.
 //! - [`metrics`]: counters and Prometheus metrics.
 //!
 //! The wire formats both sides share live in the `amqp-gateway` crate.
 
 pub mod amqp;
+pub mod auth;
 pub mod call;
 pub mod config;
 pub mod error;
@@ -27,6 +31,7 @@ pub mod limit;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod tls;
 mod transport;
 pub mod validate;
 

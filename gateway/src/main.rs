@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        broker = %config.amqp.url,
+        broker = %config.amqp.broker.url,
         routes = ?config.limits.routes,
         default_route = ?config.limits.default_route,
         "gateway starting"

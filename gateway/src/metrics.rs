@@ -9,6 +9,9 @@
 //! - `gateway_calls_in_flight`, `gateway_calls_shed_total`: the in-flight
 //!   limit.
 //! - `gateway_pending_calls`: calls published and waiting for their reply.
+//! - `gateway_rejected_requests_total{reason}`: requests refused before any
+//!   AMQP work (`unauthenticated`, `permission_denied`, `invalid_argument`,
+//!   `payload_too_large`).
 //! - `gateway_replies_dropped_total`: late or unknown replies discarded.
 //! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
 //!   `gateway_broker_reconnects_total`, `gateway_channel_recoveries_total`.
@@ -158,6 +161,7 @@ fn describe() {
     describe_gauge!("gateway_calls_in_flight", "Process calls running now");
     describe_counter!("gateway_calls_shed_total", "Calls refused at the in-flight limit");
     describe_gauge!("gateway_pending_calls", "Calls published and waiting for their reply");
+    describe_counter!("gateway_rejected_requests_total", "Requests refused before any AMQP work, by reason");
     describe_counter!("gateway_replies_dropped_total", "Late or unknown replies discarded");
     describe_counter!("gateway_unroutable_total", "Requests returned by the broker: no queue bound to the route");
     describe_counter!("gateway_publish_nacks_total", "Requests the broker refused (nack)");

@@ -17,11 +17,12 @@ use tracing::Instrument;
 
 use crate::{
     amqp::AmqpClient,
+    auth::AuthLayer,
     call::{CallLayer, DeadlinePolicy},
     config::Config,
     limit::InFlightLimitLayer,
     service::GatewayService,
-    transport::{self, Http2Settings},
+    transport::{self, Settings},
 };
 
 /// Room above the payload limit for the rest of a `ProcessRequest` (route,
@@ -108,9 +109,14 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
         ),
     );
 
-    let routes =
-        Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha).add_service(gateway);
-    let settings = Http2Settings { max_concurrent_streams: config.max_concurrent_streams };
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(gateway)
+        .prepare();
+    // Authentication first: nothing else runs for a caller without a token.
+    let routes = AuthLayer::new(config.tokens.clone(), config.open_probes).layer(routes);
+    let settings = Settings { max_concurrent_streams: config.max_concurrent_streams, tls: config.tls.clone() };
 
     let grace = config.shutdown_grace;
     let task_client = client.clone();

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     amqp::{AmqpClient, Call, Reply},
+    auth::Caller,
     call::{CallContext, Deadline, DeadlinePolicy},
     config::Limits,
     error::GatewayError,
@@ -49,10 +50,14 @@ impl GatewayService {
         request: ProcessRequest,
         deadline: Deadline,
         id: Uuid,
+        caller: &Caller,
         record: &mut CallRecord<'a>,
     ) -> Result<ProcessResponse, GatewayError> {
         let route = validate::route(&self.limits, &request.route)?;
         record.route = Some(route);
+        if !caller.may_call(route) {
+            return Err(GatewayError::PermissionDenied(route.to_owned()));
+        }
         validate::payload(&self.limits, request.payload.len())?;
         validate::headers(&self.limits, &request.headers)?;
         if deadline.remaining().is_zero() {
@@ -103,8 +108,14 @@ impl Gateway for GatewayService {
             }
         });
         let id = context.correlation_id;
+        // Set by `AuthLayer`; without it (no tokens configured) anyone may
+        // call any allowed route.
+        let caller = request.extensions().get::<Caller>().cloned().unwrap_or_default();
         let mut record = CallRecord::new(&self.metrics, context.deadline);
-        let result = self.process(request.into_inner(), context.deadline, id, &mut record).await;
+        let result = self.process(request.into_inner(), context.deadline, id, &caller, &mut record).await;
+        if let Some(reason) = result.as_ref().err().and_then(GatewayError::rejection) {
+            metrics::counter!("gateway_rejected_requests_total", "reason" => reason).increment(1);
+        }
         record.code = Some(result.as_ref().map_or_else(GatewayError::code, |_| Code::Ok));
         result.map(Response::new).map_err(|error| {
             tracing::debug!(correlation_id = %id, %error, "call failed");

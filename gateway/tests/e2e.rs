@@ -496,7 +496,11 @@ async fn classic_tutorial_worker_is_served() {
     assert_eq!(&response.payload[..], b"tutorial says: hi");
     assert_eq!(response.content_type, "");
     assert!(response.headers.is_empty());
-    assert_eq!(served.load(Ordering::Relaxed), 1);
+    testkit::eventually("the tutorial worker acked", Duration::from_secs(5), || {
+        let n = served.load(Ordering::Relaxed);
+        async move { n == 1 }
+    })
+    .await;
     worker.abort();
     let _ = connection.close(200, "done".into()).await;
 }
@@ -689,4 +693,53 @@ async fn a_channel_closed_by_the_broker_is_reopened_without_reconnecting() {
     .await;
     assert_eq!(stats.reconnects.load(Ordering::Relaxed), 0, "the connection itself was kept");
     assert_eq!(gateway.running().client().pending(), 0);
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_checked_before_any_amqp_work() {
+    let route = testkit::unique("auth");
+    let other = testkit::unique("auth-other");
+    let _worker = TestWorker::echo(&route).await;
+    let tokens = format!("all-routes-token-0123456789;limited-token-0123456789 {route}");
+    let gateway = TestGateway::start(&[&route, &other], &["--tokens", &tokens]).await;
+    let mut client = gateway.client().await;
+    let with = |token: &str, route: &str| {
+        let mut request = tonic::Request::new(request(route, "x"));
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+
+    // Missing or wrong: UNAUTHENTICATED, the same answer either way, and no
+    // publish (the unbound route would otherwise answer UNAVAILABLE).
+    let missing = client.process(request(&other, "x")).await.unwrap_err();
+    let wrong = client.process(with("not-a-token-0123456789", &other)).await.unwrap_err();
+    for status in [&missing, &wrong] {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    assert_eq!(missing.message(), wrong.message());
+    assert_eq!(gateway.running().client().stats().unroutable.load(Ordering::Relaxed), 0);
+
+    assert!(client.process(with("all-routes-token-0123456789", &route)).await.is_ok());
+    assert!(client.process(with("limited-token-0123456789", &route)).await.is_ok());
+    let denied = client.process(with("limited-token-0123456789", &other)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // Probes stay open by default.
+    let channel = Channel::from_shared(format!("http://{}", gateway.addr)).unwrap().connect().await.unwrap();
+    let check = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    assert!(tonic_health::pb::health_client::HealthClient::new(channel).check(check).await.is_ok());
+}
+
+#[tokio::test]
+async fn probes_can_require_a_token_too() {
+    let route = testkit::unique("auth-probes");
+    let gateway = TestGateway::start(&[&route], &["--tokens", "probe-token-0123456789abcdef", "--auth-probes"]).await;
+    let channel = Channel::from_shared(format!("http://{}", gateway.addr)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    let status = health.check(check.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(check);
+    request.metadata_mut().insert("authorization", "Bearer probe-token-0123456789abcdef".parse().unwrap());
+    assert!(health.check(request).await.is_ok());
 }

@@ -109,13 +109,56 @@ async fn grpcurl_lists_describes_calls_and_checks_health() {
 }
 
 #[tokio::test]
-async fn help_does_not_show_the_amqp_url() {
+async fn help_does_not_show_secrets() {
     let url = "amqp://user:hunter2-secret@127.0.0.1:5672/%2f";
     for binary in ["gateway", "worker"] {
-        let output = Command::new(testkit::bin(binary)).arg("--help").env("AMQP_URL", url).output().await.unwrap();
+        let output = Command::new(testkit::bin(binary))
+            .arg("--help")
+            .env("AMQP_URL", url)
+            .env("GATEWAY_TOKENS", "token-secret-0123456789")
+            .output()
+            .await
+            .unwrap();
         let help = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success() && help.contains("--amqp-url"), "{help}");
         assert!(!help.contains("hunter2-secret"), "{binary} --help shows the password:\n{help}");
+        assert!(!help.contains("token-secret"), "{binary} --help shows a token:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn configured_secrets_never_reach_the_logs() {
+    // A full run at debug level, with a password in the broker URL and
+    // tokens, including failed calls: neither secret appears in any log line.
+    let url = testkit::amqp_url();
+    let route = testkit::unique("secrets");
+    let token = "log-secret-token-0123456789";
+    let env = [("AMQP_URL", url.as_str()), ("RUST_LOG", "debug"), ("GATEWAY_TOKENS", token)];
+    let mut worker = Process::spawn("worker", &["--route", &route, "--durable", "false"], &env);
+    logged(&worker, "consuming").await;
+    let addr = testkit::free_addr();
+    let listen = addr.to_string();
+    let mut gateway = Process::spawn("gateway", &["--listen", &listen, "--routes", &route], &env);
+    logged(&gateway, "connected to the broker").await;
+    let body = format!(r#"{{"route":"{route}","payload":"aGk="}}"#);
+    let auth = format!("authorization: Bearer {token}");
+    let (ok, out) = grpcurl(addr, &["-H", &auth, "-d", &body], &["gateway.v1.Gateway/Process"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = grpcurl(
+        addr,
+        &["-H", "authorization: Bearer wrong-token-0123456789", "-d", &body],
+        &["gateway.v1.Gateway/Process"],
+    )
+    .await;
+    assert!(!ok && out.contains("Unauthenticated"), "{out}");
+    assert!(gateway.terminate(Duration::from_secs(20)).await.success());
+    assert!(worker.terminate(Duration::from_secs(20)).await.success());
+    for process in [&gateway, &worker] {
+        let log = process.log();
+        assert!(!log.contains(token) && !log.contains("wrong-token"), "a token leaked:\n{log}");
+        if let Some(password) = password_of(&url) {
+            assert!(!log.contains(&format!(":{password}@")), "the password leaked:\n{log}");
+        }
     }
 }
 

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use amqp_gateway::{broker::AmqpUrl, wire};
+use amqp_gateway::{
+    broker::{AmqpUrl, Broker},
+    wire,
+};
 use lapin::types::{AMQPValue, FieldTable};
 
 /// The kind of queue a worker declares.
@@ -20,8 +23,8 @@ pub enum QueueType {
 /// How a worker connects and consumes.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The broker.
-    pub url: AmqpUrl,
+    /// The broker: URL and TLS trust.
+    pub broker: Broker,
     /// The route served: the queue consumed, declared if missing.
     pub queue: String,
     /// Requests handled at once (the AMQP prefetch count).
@@ -53,7 +56,7 @@ impl WorkerConfig {
     /// Defaults for serving `queue` on the broker at `url`.
     pub fn new(url: AmqpUrl, queue: impl Into<String>) -> Self {
         Self {
-            url,
+            broker: Broker::new(url),
             queue: queue.into(),
             prefetch: 16,
             durable: true,

@@ -12,7 +12,7 @@ use amqp_gateway::{broker, wire};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use lapin::{
-    Channel, Connection, ConnectionProperties, Consumer,
+    Channel, Connection, Consumer,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
@@ -103,9 +103,8 @@ where
     let mut attempt = 0u32;
     let mut connected_before = false;
     loop {
-        let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-worker".into());
         let connected = tokio::select! {
-            connected = bounded(Connection::connect(config.url.expose(), properties)) => connected,
+            connected = bounded(config.broker.connect("grpc-amqp-worker")) => connected,
             () = shutdown.cancelled() => return Ok(()),
         };
         match connected {
@@ -128,7 +127,7 @@ where
                     Ended::Lost(reason) => tracing::warn!(%reason, "broker connection lost; reconnecting"),
                 }
             }
-            Err(error) => tracing::warn!(%error, url = %config.url, "cannot connect to the broker"),
+            Err(error) => tracing::warn!(%error, url = %config.broker.url, "cannot connect to the broker"),
         }
         let delay = broker::backoff(attempt, rand::random());
         attempt = attempt.saturating_add(1);
@@ -165,7 +164,7 @@ where
                     stats.channel_recovered();
                 }
                 opened_before = true;
-                tracing::info!(url = %config.url, prefetch = config.prefetch, "consuming");
+                tracing::info!(url = %config.broker.url, prefetch = config.prefetch, "consuming");
                 consuming.send_replace(true);
                 let ended = session.serve(config, handler.clone(), shutdown, stats).await;
                 consuming.send_replace(false);

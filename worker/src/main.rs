@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use amqp_gateway::broker::AmqpUrl;
+use amqp_gateway::broker::{AmqpUrl, Broker};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,11 @@ struct Args {
         hide_default_value = true
     )]
     amqp_url: AmqpUrl,
+
+    /// PEM file of CA certificates to trust for `amqps://` instead of the
+    /// system's roots.
+    #[arg(long, env = "AMQP_CA_FILE")]
+    amqp_ca_file: Option<std::path::PathBuf>,
 
     /// Route to serve: the queue consumed (declared if missing).
     #[arg(long, env = "WORKER_ROUTE", default_value = "echo")]
@@ -106,8 +111,12 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(%addr, "serving Prometheus metrics");
     }
 
+    let ca_pem = match &args.amqp_ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("AMQP CA file {}", path.display()))?),
+        None => None,
+    };
     let config = WorkerConfig {
-        url: args.amqp_url,
+        broker: Broker { url: args.amqp_url, ca_pem },
         queue: args.route,
         prefetch: args.prefetch,
         durable: args.durable,
@@ -120,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         dead_letter_queue: args.dead_letter_queue,
         shutdown_grace: args.shutdown_grace,
     };
-    tracing::info!(broker = %config.url, route = %config.queue, handler = ?args.handler, "worker starting");
+    tracing::info!(broker = %config.broker.url, route = %config.queue, handler = ?args.handler, "worker starting");
     let handler = match args.handler {
         Handler::Echo => handlers::echo(args.delay),
         Handler::Fail => {

@@ -349,7 +349,7 @@ async fn supervise(
             Err(error) => {
                 let delay = broker::backoff(attempt, rand::rng().random());
                 attempt = attempt.saturating_add(1);
-                tracing::warn!(%error, url = %config.url, retry_in = ?delay, "cannot connect to the broker");
+                tracing::warn!(%error, url = %config.broker.url, retry_in = ?delay, "cannot connect to the broker");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => continue,
                     () = shutdown.cancelled() => break,
@@ -361,7 +361,7 @@ async fn supervise(
             stats.reconnect();
         }
         connected_before = true;
-        tracing::info!(url = %config.url, channels = config.channels, "connected to the broker");
+        tracing::info!(url = %config.broker.url, channels = config.channels, "connected to the broker");
         current.set(Some(session.clone()));
 
         tokio::select! {

@@ -20,7 +20,7 @@ use std::{
 use amqp_gateway::broker;
 use futures::StreamExt;
 use lapin::{
-    Channel, Connection, ConnectionProperties, Consumer,
+    Channel, Connection, Consumer,
     message::Delivery,
     options::{BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::FieldTable,
@@ -107,8 +107,7 @@ impl Session {
         stats: &Arc<Stats>,
         tracker: &TaskTracker,
     ) -> Result<Arc<Self>, OpenError> {
-        let properties = ConnectionProperties::default().with_connection_name("grpc-amqp-gateway".into());
-        let connection = bounded(Connection::connect(config.url.expose(), properties)).await?;
+        let connection = bounded(config.broker.connect("grpc-amqp-gateway")).await?;
         if !config.exchange.is_empty() {
             // Publishing to a missing exchange closes the channel: check once
             // here, so a typo fails the connection attempt with a clear error
