@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     /// limit, expired): a queue of this name, declared beside the route's
     /// queue and fed through the default exchange. None: they are dropped.
     pub dead_letter_queue: Option<String>,
+    /// Largest request body handled; larger ones are answered
+    /// RESOURCE_EXHAUSTED without running the handler.
+    pub max_body_bytes: usize,
     /// How long requests in flight may take to finish after shutdown begins;
     /// unfinished ones go back to the queue.
     pub shutdown_grace: Duration,
@@ -64,6 +67,7 @@ impl WorkerConfig {
             queue_type: QueueType::Classic,
             delivery_limit: 5,
             dead_letter_queue: None,
+            max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -260,7 +260,14 @@ impl Session {
             match delivery {
                 Some(Ok(delivery)) => {
                     let span = consumer_span(&delivery, &config.queue);
-                    let task = handle(delivery, self.channel.clone(), handler.clone(), stats.clone(), abort.clone());
+                    let task = handle(
+                        delivery,
+                        self.channel.clone(),
+                        handler.clone(),
+                        stats.clone(),
+                        abort.clone(),
+                        config.max_body_bytes,
+                    );
                     tracker.spawn(task.instrument(span));
                 }
                 Some(Err(error)) => break Ended::Lost(error.to_string()),
@@ -325,8 +332,14 @@ fn consumer_span(delivery: &Delivery, queue: &str) -> tracing::Span {
 }
 
 /// Handles one delivery: validate, run the handler, reply, acknowledge.
-async fn handle<S>(delivery: Delivery, channel: Channel, handler: S, stats: Arc<Stats>, abort: CancellationToken)
-where
+async fn handle<S>(
+    delivery: Delivery,
+    channel: Channel,
+    handler: S,
+    stats: Arc<Stats>,
+    abort: CancellationToken,
+    max_body: usize,
+) where
     S: Service<Request, Response = Response, Error = Status>,
 {
     let Delivery { properties, data, acker, routing_key, redelivered, .. } = delivery;
@@ -354,6 +367,16 @@ where
         return;
     }
 
+    // Never trust the request: a body over the limit is answered, not handled.
+    if data.len() > max_body {
+        tracing::warn!(size = data.len(), limit = max_body, "refusing a request body over the limit");
+        let status = Status::resource_exhausted(format!(
+            "request body is {} bytes, over the worker's limit of {max_body} bytes",
+            data.len()
+        ));
+        return finish(&channel, acker, reply_to, correlation_id, Err(status), &stats).await;
+    }
+
     let request = Request {
         payload: Bytes::from(data),
         content_type: properties.content_type().as_ref().map(|c| c.as_str().to_owned()),
@@ -379,10 +402,22 @@ where
         span.record("error.type", wire::code_name(status.code()));
     }
 
+    finish(&channel, acker, reply_to, correlation_id, outcome, &stats).await;
+}
+
+/// Publishes the reply, then acknowledges the request.
+async fn finish(
+    channel: &Channel,
+    acker: lapin::Acker,
+    reply_to: lapin::types::ShortString,
+    correlation_id: lapin::types::ShortString,
+    outcome: Result<Response, Status>,
+    stats: &Stats,
+) {
     let succeeded = outcome.is_ok();
     // Bounded: an await on a channel that died silently must not hold the
     // request (and a prefetch slot) forever.
-    let published = tokio::time::timeout(STEP_TIMEOUT, reply::publish(&channel, reply_to, correlation_id, outcome));
+    let published = tokio::time::timeout(STEP_TIMEOUT, reply::publish(channel, reply_to, correlation_id, outcome));
     match published.await.unwrap_or(Err(reply::ReplyError::Timeout(STEP_TIMEOUT))) {
         Ok(()) => {
             stats.outcome(if succeeded { Outcome::Ok } else { Outcome::Error });

@@ -71,6 +71,11 @@ struct Args {
     #[arg(long, env = "WORKER_DEAD_LETTER_QUEUE")]
     dead_letter_queue: Option<String>,
 
+    /// Largest request body handled; larger ones are answered
+    /// RESOURCE_EXHAUSTED without running the handler.
+    #[arg(long, env = "WORKER_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+
     /// How long requests in flight may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -127,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         },
         delivery_limit: args.delivery_limit,
         dead_letter_queue: args.dead_letter_queue,
+        max_body_bytes: args.max_body_bytes,
         shutdown_grace: args.shutdown_grace,
     };
     tracing::info!(broker = %config.broker.url, route = %config.queue, handler = ?args.handler, "worker starting");

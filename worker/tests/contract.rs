@@ -278,3 +278,24 @@ async fn a_deleted_queue_is_declared_again_on_the_same_connection() {
     assert_eq!(counter(worker.stats(), |s| &s.reconnects), 0, "the connection itself was kept");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_answered_not_handled() {
+    let queue = testkit::unique("contract-big");
+    let shutdown = CancellationToken::new();
+    let mut config = WorkerConfig::new(testkit::amqp_url().parse().unwrap(), &queue);
+    config.durable = false;
+    config.max_body_bytes = 1024;
+    let worker = worker::spawn(config, worker::handlers::echo(Duration::ZERO), shutdown.clone());
+    assert!(worker.consuming(READY).await);
+    let mut caller = Caller::new().await;
+
+    caller.publish(&queue, &[b'x'; 1025], caller.request("too-big")).await;
+    let reply = caller.next_reply().await;
+    let (code, message) = wire::decode_status(reply.properties.headers().as_ref());
+    assert_eq!(code, Code::ResourceExhausted);
+    assert!(message.contains("1024"), "{message}");
+    assert!(reply.data.is_empty(), "the body is not echoed");
+    testkit::eventually("acked, not requeued", Duration::from_secs(5), || caller.depth(&queue).then_eq(0)).await;
+    shutdown.cancel();
+}
