@@ -184,6 +184,15 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo deny --workspace check licenses bans sources"
+# Advisories are not checked here: the RustSec database is a git repository on
+# GitHub, which this project's machines cannot reach (deny.toml explains).
+if ! cargo deny --version >/dev/null 2>&1; then
+    echo "installing cargo-deny (a few minutes, once)"
+    cargo install cargo-deny --locked --version 0.20.2 || die "cargo install cargo-deny failed"
+fi
+cargo deny --workspace check licenses bans sources
+
 step "cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
 
