@@ -1,0 +1,732 @@
+//! `loadgen bench`: the gateway side by side with the same request/reply
+//! straight over AMQP, on this machine.
+//!
+//! Starts its own echo `worker` (`--prefetch 256`, non-durable queue, a route
+//! of its own) and `gateway` (the binaries next to this executable:
+//! `target/release/` after `cargo build --release --bins`) against the broker
+//! in `AMQP_URL`. Then, for every payload size and concurrency, it runs the
+//! modes in turn (gateway, raw-amqp, raw-bare), for several rounds, so slow
+//! drift on a shared machine hits every mode alike; each mode's best round
+//! (highest calls/s) is reported, with that round's latencies. Around each
+//! run it reads the CPU time of the gateway, the worker, the broker (the
+//! process listening on the broker's port, when it is local) and itself
+//! from `/proc`, to give
+//! CPU per call, and the whole machine's, to show how much of it went to
+//! other processes. Before each run it waits (bounded) for the machine to be
+//! idle, and a run during which other processes took more than 10% of the
+//! machine anyway is made again (up to four tries, the quietest counts), so
+//! someone else's build on a shared machine does not land in a measurement
+//! unnoticed.
+//!
+//! Last, a fresh gateway holds 10,000 calls in flight against a worker that
+//! never answers in time, and its peak RSS is read. Every number goes to the
+//! report, to `--json` and, for the 64 B runs, to the SVG chart.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
+use serde_json::{Value, json};
+use testkit::load::{gateway, worker};
+
+use crate::{
+    DEFAULT_AMQP_URL,
+    chart::{self, ChartError, Series},
+    driver::{Plan, Stop},
+    mode::{self, Load, LoadError, Mode},
+    procfs::{self, MachineTicks, ProcError},
+    report::{Run, ms},
+};
+
+/// AMQP channels of the bench's gateway, and so of the raw clients: both
+/// sides get the same AMQP topology (one connection, this many channels).
+const CHANNELS: usize = 2;
+
+/// A run during which other processes took more than this share of the
+/// machine is made again, up to [`ATTEMPTS`] times in all; the quietest try
+/// counts.
+const NOISY: f64 = 0.10;
+const ATTEMPTS: u32 = 4;
+
+/// `loadgen bench` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// The broker the worker, the gateway and the raw modes use.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
+    amqp_url: String,
+    /// How long each run records calls.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up before each run, not recorded.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Rounds of (gateway, raw-amqp, raw-bare) per configuration; the best
+    /// round of each mode is reported.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Payload sizes to measure, bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,16384")]
+    payload_sizes: Vec<usize>,
+    /// Deadline of every call.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+    /// Before each run, wait up to this long for the machine to be idle
+    /// (under 15% busy over half a second); 0s never waits.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Calls held in flight at once for the memory check; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    in_flight: usize,
+    /// Where to write the SVG chart (64 B runs).
+    #[arg(long, default_value = "docs/performance.svg")]
+    chart: PathBuf,
+    /// Write every number as JSON: to PATH, or alone on stdout instead of
+    /// the report when no PATH is given.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "-")]
+    json: Option<PathBuf>,
+}
+
+/// The bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BenchError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error(transparent)]
+    Chart(#[from] ChartError),
+    #[error("writing {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One run of one mode, with the CPU time the processes spent on it.
+#[derive(Debug)]
+struct Sample {
+    mode: Mode,
+    round: u64,
+    run: Run,
+    gateway_cpu: Duration,
+    worker_cpu: Duration,
+    loadgen_cpu: Duration,
+    /// `None` when the broker's process is not known.
+    broker_cpu: Option<Duration>,
+    /// Share of all cores busy during the run.
+    machine_busy: f64,
+    /// CPU time of every process but ours (and the broker's, when known)
+    /// during the run, as a share of all cores.
+    others_busy: f64,
+    /// Whether the machine was idle before the run (see `--settle`).
+    settled: bool,
+}
+
+impl Sample {
+    /// CPU time per call (warm-up calls included, as in the CPU time), µs.
+    fn per_call_us(&self, cpu: Duration) -> f64 {
+        let calls = self.run.all_calls();
+        if calls == 0 { 0.0 } else { cpu.as_secs_f64() * 1e6 / calls as f64 }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut value = self.run.to_json();
+        value["mode"] = json!(self.mode.name());
+        value["round"] = json!(self.round);
+        value["cpu_us_per_call"] = json!({
+            "gateway": self.per_call_us(self.gateway_cpu),
+            "worker": self.per_call_us(self.worker_cpu),
+            "loadgen": self.per_call_us(self.loadgen_cpu),
+            "broker": self.broker_cpu.map(|cpu| self.per_call_us(cpu)),
+        });
+        value["machine_busy"] = json!(self.machine_busy);
+        value["others_busy"] = json!(self.others_busy);
+        value["settled"] = json!(self.settled);
+        value
+    }
+}
+
+/// Every run of one payload size and concurrency.
+#[derive(Debug)]
+struct Cell {
+    payload: usize,
+    concurrency: usize,
+    samples: Vec<Sample>,
+}
+
+impl Cell {
+    /// The mode's round with the most calls/s.
+    fn best(&self, mode: Mode) -> Option<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.mode == mode)
+            .max_by(|a, b| a.run.calls_per_sec().total_cmp(&b.run.calls_per_sec()))
+    }
+
+    /// Gateway throughput over `baseline`'s.
+    fn throughput_ratio(&self, baseline: Mode) -> Option<f64> {
+        ratio(self.best(Mode::Gateway)?.run.calls_per_sec(), self.best(baseline)?.run.calls_per_sec())
+    }
+
+    /// Gateway p99 over `baseline`'s.
+    fn p99_ratio(&self, baseline: Mode) -> Option<f64> {
+        ratio(self.best(Mode::Gateway)?.run.p99_us() as f64, self.best(baseline)?.run.p99_us() as f64)
+    }
+
+    /// What the gateway adds to the median over raw-amqp, µs.
+    fn added_median_us(&self) -> Option<f64> {
+        Some(self.best(Mode::Gateway)?.run.p50_us() as f64 - self.best(Mode::RawAmqp)?.run.p50_us() as f64)
+    }
+
+    fn failed(&self) -> u64 {
+        self.samples.iter().map(|s| s.run.failed()).sum()
+    }
+
+    fn to_json(&self) -> Value {
+        let best: serde_json::Map<String, Value> =
+            Mode::ALL.iter().filter_map(|&m| Some((m.name().to_owned(), self.best(m)?.to_json()))).collect();
+        json!({
+            "payload_size": self.payload,
+            "concurrency": self.concurrency,
+            "best": best,
+            "ratios": {
+                "throughput_gateway_over_raw_amqp": self.throughput_ratio(Mode::RawAmqp),
+                "p99_gateway_over_raw_amqp": self.p99_ratio(Mode::RawAmqp),
+                "throughput_gateway_over_raw_bare": self.throughput_ratio(Mode::RawBare),
+                "p99_gateway_over_raw_bare": self.p99_ratio(Mode::RawBare),
+                "added_median_us": self.added_median_us(),
+            },
+            "rounds": self.samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
+    (denominator > 0.0).then(|| numerator / denominator)
+}
+
+/// The memory check: a fresh gateway with calls held in flight.
+#[derive(Debug)]
+struct InFlight {
+    calls: usize,
+    peak_pending: f64,
+    baseline_rss: u64,
+    peak_rss: u64,
+    run: Run,
+}
+
+/// Runs the bench.
+pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let url = args.amqp_url.clone();
+    let route = testkit::unique("bench");
+    eprintln!("bench: starting a worker and a gateway (route {route})");
+    let worker_process = worker(&url, &route, &["--prefetch", "256", "--durable", "false"]).await;
+    let channels = CHANNELS.to_string();
+    let (gateway_process, addr) = gateway(&url, &route, &["--channels", &channels]).await;
+    let pids = Pids {
+        gateway: gateway_process.pid(),
+        worker: worker_process.pid(),
+        broker: local_broker_port(&url).and_then(procfs::listener),
+    };
+    if pids.broker.is_none() {
+        eprintln!("bench: the broker's process was not found on this machine: its CPU counts as others'");
+    }
+
+    let runs = args.payload_sizes.len() * args.concurrency.len() * Mode::ALL.len() * args.rounds as usize;
+    let mut cells = Vec::new();
+    let mut index = 0;
+    for &payload in &args.payload_sizes {
+        for &concurrency in &args.concurrency {
+            let mut cell = Cell { payload, concurrency, samples: Vec::new() };
+            for round in 1..=args.rounds {
+                for mode in Mode::ALL {
+                    index += 1;
+                    let load = Load {
+                        mode,
+                        target: addr.to_string(),
+                        amqp_url: url.clone(),
+                        route: route.clone(),
+                        concurrency,
+                        connections: if mode == Mode::Gateway { concurrency.clamp(1, 4) } else { CHANNELS },
+                        payload: vec![b'x'; payload].into(),
+                        deadline: args.deadline,
+                        plan: Plan { stop: Stop::After(args.duration), warmup: args.warmup, progress: false },
+                    };
+                    // The quietest of up to ATTEMPTS tries.
+                    let mut quietest: Option<Sample> = None;
+                    for attempt in 1..=ATTEMPTS {
+                        let settled = settle(args.settle).await?;
+                        let sample = measure(&load, round, &pids, settled).await?;
+                        let others = sample.others_busy;
+                        if quietest.as_ref().is_none_or(|q| others < q.others_busy) {
+                            quietest = Some(sample);
+                        }
+                        if others <= NOISY {
+                            break;
+                        }
+                        if attempt < ATTEMPTS {
+                            eprintln!(
+                                "[{index:>3}/{runs}] other processes took {:.0}% of the machine: running it again",
+                                others * 100.0
+                            );
+                        }
+                    }
+                    let Some(sample) = quietest else { continue };
+                    eprintln!(
+                        "[{index:>3}/{runs}] {:>6} B  c={concurrency:<4} round {round}  {:<8} {:>8.0} calls/s  \
+                         p50 {}  p99 {}  {} errors  machine {:.0}% busy, others {:.0}%{}",
+                        payload,
+                        mode.name(),
+                        sample.run.calls_per_sec(),
+                        ms(sample.run.p50_us()),
+                        ms(sample.run.p99_us()),
+                        sample.run.failed(),
+                        sample.machine_busy * 100.0,
+                        sample.others_busy * 100.0,
+                        if sample.settled { "" } else { " (machine was not idle before)" }
+                    );
+                    cell.samples.push(sample);
+                }
+            }
+            cells.push(cell);
+        }
+    }
+    let gateway_peak_rss = procfs::peak_rss(pids.gateway)?;
+    drop(gateway_process);
+    drop(worker_process);
+
+    let in_flight = if args.in_flight > 0 { Some(in_flight(&url, args.in_flight).await?) } else { None };
+    delete_queues(&url, &[route.as_str()]).await;
+
+    let chart_series: Vec<Series> = Mode::ALL
+        .iter()
+        .map(|&mode| Series {
+            name: mode.name(),
+            points: cells
+                .iter()
+                .filter(|c| c.payload == 64)
+                .filter_map(|c| {
+                    let best = c.best(mode)?;
+                    Some((c.concurrency, best.run.calls_per_sec(), best.run.p99_us() as f64 / 1000.0))
+                })
+                .collect(),
+        })
+        .collect();
+    let chart_written = if chart_series.iter().any(|s| !s.points.is_empty()) {
+        let title = format!("gateway vs. raw AMQP, 64 B payload, {} (all processes share it)", machine());
+        chart::draw(&args.chart, &title, &chart_series)?;
+        true
+    } else {
+        false
+    };
+
+    let targets = targets(&cells, in_flight.as_ref());
+    let text = report(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
+    let json = to_json(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => println!("{}", serde_json::to_string_pretty(&json)?),
+        Some(path) => {
+            print!("{text}");
+            std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+                .map_err(|source| BenchError::Write { path: path.display().to_string(), source })?;
+        }
+        None => print!("{text}"),
+    }
+    if chart_written {
+        eprintln!("bench: chart written to {}", args.chart.display());
+    }
+    Ok(())
+}
+
+/// The processes whose CPU time the bench reads.
+#[derive(Debug)]
+struct Pids {
+    gateway: u32,
+    worker: u32,
+    broker: Option<u32>,
+}
+
+/// CPU time of the gateway, the worker, this process and the broker so far.
+fn cpu_times(pids: &Pids) -> Result<[Duration; 4], ProcError> {
+    let broker = pids.broker.map(procfs::cpu_time).transpose()?.unwrap_or_default();
+    Ok([procfs::cpu_time(pids.gateway)?, procfs::cpu_time(pids.worker)?, procfs::cpu_time(std::process::id())?, broker])
+}
+
+/// One run with CPU and machine readings around it.
+async fn measure(load: &Load, round: u64, pids: &Pids, settled: bool) -> Result<Sample, BenchError> {
+    let before = cpu_times(pids)?;
+    let machine_before = MachineTicks::now()?;
+    let run = mode::run(load).await?;
+    let machine_after = MachineTicks::now()?;
+    let after = cpu_times(pids)?;
+    let spent: Vec<Duration> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(b)).collect();
+    let machine_busy = machine_after.busy_since(&machine_before);
+    let machine_cpu = machine_after.busy_time_since(&machine_before);
+    let ours: Duration = spent.iter().sum();
+    let others_busy = if machine_cpu.is_zero() {
+        0.0
+    } else {
+        machine_busy * machine_cpu.saturating_sub(ours).as_secs_f64() / machine_cpu.as_secs_f64()
+    };
+    Ok(Sample {
+        mode: load.mode,
+        round,
+        run,
+        gateway_cpu: spent[0],
+        worker_cpu: spent[1],
+        loadgen_cpu: spent[2],
+        broker_cpu: pids.broker.map(|_| spent[3]),
+        machine_busy,
+        others_busy,
+        settled,
+    })
+}
+
+/// Waits, up to `patience`, until the machine is idle: under 15% busy over
+/// half a second. False if it never was.
+async fn settle(patience: Duration) -> Result<bool, ProcError> {
+    let started = std::time::Instant::now();
+    loop {
+        let before = MachineTicks::now()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if MachineTicks::now()?.busy_since(&before) < 0.15 {
+            return Ok(true);
+        }
+        if started.elapsed() >= patience {
+            return Ok(false);
+        }
+    }
+}
+
+/// The port of the broker in `url` when it is on this machine (then its
+/// process can be found and measured).
+fn local_broker_port(url: &str) -> Option<u16> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    matches!(uri.authority.host.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]").then_some(uri.authority.port)
+}
+
+/// Holds `calls` calls in flight through a fresh gateway, against a worker
+/// that takes 10 s per request (so the calls end at their 3 s deadline), and
+/// reads the gateway's peak RSS.
+async fn in_flight(url: &str, calls: usize) -> Result<InFlight, BenchError> {
+    eprintln!("bench: holding {calls} calls in flight through a fresh gateway");
+    let route = testkit::unique("bench-slow");
+    let slow = worker(url, &route, &["--prefetch", "100", "--durable", "false", "--delay", "10s"]).await;
+    let metrics = testkit::free_addr();
+    let limit = (calls * 2).to_string();
+    let (fresh, addr) = gateway(
+        url,
+        &route,
+        &["--channels", &CHANNELS.to_string(), "--max-in-flight", &limit, "--metrics-listen", &metrics.to_string()],
+    )
+    .await;
+    let baseline_rss = procfs::peak_rss(fresh.pid())?;
+
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let watching = watching.clone();
+        async move {
+            let mut peak: f64 = 0.0;
+            while watching.load(Ordering::Relaxed) {
+                let text = testkit::scrape::metrics(metrics).await;
+                peak = peak.max(testkit::scrape::sample(&text, "gateway_pending_calls").unwrap_or(0.0));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        }
+    });
+    // At most 500 calls per HTTP/2 connection (the gateway allows 1,000
+    // streams on one).
+    let load = Load {
+        mode: Mode::Gateway,
+        target: addr.to_string(),
+        amqp_url: url.to_owned(),
+        route: route.clone(),
+        concurrency: calls,
+        connections: calls.div_ceil(500),
+        payload: vec![b'x'; 64].into(),
+        deadline: Duration::from_secs(3),
+        plan: Plan { stop: Stop::Count(calls as u64), warmup: Duration::ZERO, progress: false },
+    };
+    let run = mode::run(&load).await?;
+    watching.store(false, Ordering::Relaxed);
+    let peak_pending = watcher.await.unwrap_or(0.0);
+    let peak_rss = procfs::peak_rss(fresh.pid())?;
+    drop((fresh, slow));
+    delete_queues(url, &[route.as_str()]).await;
+    Ok(InFlight { calls, peak_pending, baseline_rss, peak_rss, run })
+}
+
+/// Removes the bench's queues from the broker; best effort.
+async fn delete_queues(url: &str, queues: &[&str]) {
+    let cleanup = async {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for queue in queues {
+            channel.queue_delete((*queue).into(), QueueDeleteOptions::default()).await?;
+        }
+        connection.close(200, "bench done".into()).await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), cleanup).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => eprintln!("bench: could not delete queues {queues:?}: {error}"),
+        Err(_) => eprintln!("bench: deleting queues {queues:?} timed out"),
+    }
+}
+
+/// A target the project aims at, and how far this run is from it.
+#[derive(Debug)]
+struct Target {
+    what: String,
+    /// Measured value; `None` when the configuration was not run.
+    value: Option<f64>,
+    bound: f64,
+    at_least: bool,
+    unit: &'static str,
+}
+
+impl Target {
+    fn verdict(&self) -> &'static str {
+        match self.value {
+            None => "SKIP",
+            Some(v) if (self.at_least && v >= self.bound) || (!self.at_least && v <= self.bound) => "PASS",
+            Some(_) => "MISS",
+        }
+    }
+
+    fn line(&self) -> String {
+        let value = self.value.map_or_else(|| "not measured".to_owned(), |v| format!("{v:.2}{}", self.unit));
+        let op = if self.at_least { ">=" } else { "<=" };
+        format!("{}  {}: {value} (target {op} {}{})", self.verdict(), self.what, self.bound, self.unit)
+    }
+}
+
+fn targets(cells: &[Cell], in_flight: Option<&InFlight>) -> Vec<Target> {
+    let cell = |payload, concurrency| cells.iter().find(|c| c.payload == payload && c.concurrency == concurrency);
+    let mut targets = Vec::new();
+    for (payload, label, bound) in [(64, "64 B", 0.85), (16384, "16 KiB", 0.9)] {
+        for concurrency in [64, 256] {
+            targets.push(Target {
+                what: format!("throughput gateway/raw-amqp, {label}, concurrency {concurrency}"),
+                value: cell(payload, concurrency).and_then(|c| c.throughput_ratio(Mode::RawAmqp)),
+                bound,
+                at_least: true,
+                unit: "",
+            });
+        }
+    }
+    targets.push(Target {
+        what: "p99 gateway/raw-amqp, 64 B, concurrency 64".into(),
+        value: cell(64, 64).and_then(|c| c.p99_ratio(Mode::RawAmqp)),
+        bound: 1.3,
+        at_least: false,
+        unit: "",
+    });
+    targets.push(Target {
+        what: "throughput gateway/raw-bare, 64 B, concurrency 64".into(),
+        value: cell(64, 64).and_then(|c| c.throughput_ratio(Mode::RawBare)),
+        bound: 0.6,
+        at_least: true,
+        unit: "",
+    });
+    targets.push(Target {
+        what: "median added by the gateway over raw-amqp, 64 B, concurrency 1".into(),
+        value: cell(64, 1).and_then(Cell::added_median_us),
+        bound: 150.0,
+        at_least: false,
+        unit: " µs",
+    });
+    targets.push(Target {
+        what: "gateway peak RSS with 10,000 calls in flight".into(),
+        value: in_flight.filter(|f| f.calls >= 10_000).map(|f| f.peak_rss as f64 / 1e6),
+        bound: 150.0,
+        at_least: false,
+        unit: " MB",
+    });
+    targets
+}
+
+/// `2 × <model>` from `/proc/cpuinfo`.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
+        info.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_owned()))
+    });
+    format!("{cores} cores{}", model.map(|m| format!(" ({m})")).unwrap_or_default())
+}
+
+fn ratio_cell(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+fn best_cell(cell: &Cell, mode: Mode, show: impl Fn(&Sample) -> String) -> String {
+    cell.best(mode).map_or_else(|| "-".to_owned(), show)
+}
+
+fn payload_label(bytes: usize) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) { format!("{} KiB", bytes / 1024) } else { format!("{bytes} B") }
+}
+
+fn report(
+    args: &BenchArgs,
+    cells: &[Cell],
+    gateway_peak_rss: u64,
+    in_flight: Option<&InFlight>,
+    targets: &[Target],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "loadgen bench on {}, shared by every process (broker, worker, gateway, loadgen)", machine());
+    let _ = writeln!(
+        out,
+        "each mode: best of {} rounds of {} after {} warm-up, modes alternating; deadline {}",
+        args.rounds,
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.warmup),
+        humantime::format_duration(args.deadline)
+    );
+    let _ = writeln!(
+        out,
+        "gateway: {CHANNELS} AMQP channels, min(concurrency, 4) gRPC connections; raw modes: 1 AMQP connection, \
+         {CHANNELS} channels; worker: echo, prefetch 256"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Throughput and p99 (best round per mode); ratios are gateway over baseline");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| payload | conc. | gateway calls/s | raw-amqp calls/s | raw-bare calls/s | gateway p99 | raw-amqp p99 | \
+         raw-bare p99 | thr. gw/amqp | p99 gw/amqp | thr. gw/bare | p99 gw/bare |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for c in cells {
+        let rate = |m| best_cell(c, m, |s| format!("{:.0}", s.run.calls_per_sec()));
+        let p99 = |m| best_cell(c, m, |s| ms(s.run.p99_us()));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            payload_label(c.payload),
+            c.concurrency,
+            rate(Mode::Gateway),
+            rate(Mode::RawAmqp),
+            rate(Mode::RawBare),
+            p99(Mode::Gateway),
+            p99(Mode::RawAmqp),
+            p99(Mode::RawBare),
+            ratio_cell(c.throughput_ratio(Mode::RawAmqp)),
+            ratio_cell(c.p99_ratio(Mode::RawAmqp)),
+            ratio_cell(c.throughput_ratio(Mode::RawBare)),
+            ratio_cell(c.p99_ratio(Mode::RawBare)),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Medians; CPU time per call in µs (warm-up included; in the gateway run unless named); machine busy in the \
+         gateway run; others: the most CPU other processes took in any run here, as a share of the machine"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| payload | conc. | gateway p50 | raw-amqp p50 | raw-bare p50 | added p50 | gateway CPU | worker CPU | \
+         broker CPU (gw / amqp) | loadgen CPU (gw / amqp) | machine busy | others | errors |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for c in cells {
+        let p50 = |m| best_cell(c, m, |s| ms(s.run.p50_us()));
+        let loadgen = |m| best_cell(c, m, |s| format!("{:.0}", s.per_call_us(s.loadgen_cpu)));
+        let broker =
+            |m| best_cell(c, m, |s| s.broker_cpu.map_or_else(|| "-".into(), |b| format!("{:.0}", s.per_call_us(b))));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} |",
+            payload_label(c.payload),
+            c.concurrency,
+            p50(Mode::Gateway),
+            p50(Mode::RawAmqp),
+            p50(Mode::RawBare),
+            c.added_median_us().map_or_else(|| "-".to_owned(), |v| format!("{v:.0} µs")),
+            best_cell(c, Mode::Gateway, |s| format!("{:.0}", s.per_call_us(s.gateway_cpu))),
+            best_cell(c, Mode::Gateway, |s| format!("{:.0}", s.per_call_us(s.worker_cpu))),
+            broker(Mode::Gateway),
+            broker(Mode::RawAmqp),
+            loadgen(Mode::Gateway),
+            loadgen(Mode::RawAmqp),
+            best_cell(c, Mode::Gateway, |s| format!("{:.0}%", s.machine_busy * 100.0)),
+            format_args!("{:.0}%", c.samples.iter().map(|s| s.others_busy).fold(0.0, f64::max) * 100.0),
+            c.failed(),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "gateway peak RSS (VmHWM) after every run above: {:.1} MiB", mib(gateway_peak_rss));
+    if let Some(f) = in_flight {
+        let outcomes: BTreeMap<&str, u64> = f.run.errors.iter().map(|(code, e)| (*code, e.count)).collect();
+        let _ = writeln!(
+            out,
+            "{} calls in flight through a fresh gateway: peak pending {:.0}, peak RSS {:.1} MiB ({:.1} MB; {:.1} MiB \
+             before the calls); outcomes {outcomes:?}, {} OK",
+            f.calls,
+            f.peak_pending,
+            mib(f.peak_rss),
+            f.peak_rss as f64 / 1e6,
+            mib(f.baseline_rss),
+            f.run.ok()
+        );
+    }
+    let _ = writeln!(out);
+    for target in targets {
+        let _ = writeln!(out, "{}", target.line());
+    }
+    out
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn to_json(
+    args: &BenchArgs,
+    cells: &[Cell],
+    gateway_peak_rss: u64,
+    in_flight: Option<&InFlight>,
+    targets: &[Target],
+) -> Value {
+    json!({
+        "machine": machine(),
+        "settings": {
+            "duration_s": args.duration.as_secs_f64(),
+            "warmup_s": args.warmup.as_secs_f64(),
+            "rounds": args.rounds,
+            "deadline_s": args.deadline.as_secs_f64(),
+            "settle_s": args.settle.as_secs_f64(),
+            "gateway_amqp_channels": CHANNELS,
+            "raw_amqp_channels": CHANNELS,
+            "selection": "best round per mode by calls/s",
+        },
+        "configurations": cells.iter().map(Cell::to_json).collect::<Vec<_>>(),
+        "gateway_peak_rss_bytes": gateway_peak_rss,
+        "in_flight": in_flight.map(|f| json!({
+            "calls": f.calls,
+            "peak_pending": f.peak_pending,
+            "baseline_rss_bytes": f.baseline_rss,
+            "peak_rss_bytes": f.peak_rss,
+            "run": f.run.to_json(),
+        })),
+        "targets": targets.iter().map(|t| json!({
+            "target": t.what,
+            "value": t.value,
+            "bound": t.bound,
+            "at_least": t.at_least,
+            "verdict": t.verdict(),
+        })).collect::<Vec<_>>(),
+    })
+}
