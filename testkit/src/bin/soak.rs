@@ -7,7 +7,7 @@
 //! in turn. Prints a one-screen summary and exits non-zero if any call was
 //! lost (no final status) or answered with another caller's reply.
 //!
-//!     cargo build --release --bins && target/release/soak --duration 60s
+//!     cargo build --release --workspace --bins && target/release/soak --duration 60s
 
 use std::{
     sync::{
