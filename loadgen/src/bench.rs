@@ -241,7 +241,69 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if pids.broker.is_none() {
         eprintln!("bench: the broker's process was not found on this machine: its CPU counts as others'");
     }
+    let measured = measure_all(&args, &url, &route, addr, &pids).await;
+    drop(gateway_process);
+    drop(worker_process);
+    delete_queues(&url, &[route.as_str()]).await;
+    let (cells, gateway_peak_rss) = measured?;
 
+    let in_flight = if args.in_flight > 0 { Some(in_flight(&url, args.in_flight).await?) } else { None };
+
+    // The chart shows the smallest payload (64 B by default).
+    let chart_payload = args.payload_sizes.iter().copied().min().unwrap_or(64);
+    let chart_series: Vec<Series> = Mode::ALL
+        .iter()
+        .map(|&mode| Series {
+            name: mode.name(),
+            points: cells
+                .iter()
+                .filter(|c| c.payload == chart_payload)
+                .filter_map(|c| {
+                    let best = c.best(mode)?;
+                    Some((c.concurrency, best.run.calls_per_sec(), best.run.p99_us() as f64 / 1000.0))
+                })
+                .collect(),
+        })
+        .collect();
+    let chart_written = if chart_series.iter().any(|s| !s.points.is_empty()) {
+        let title = format!(
+            "gateway vs. raw AMQP, {} payload, {} (all processes share it)",
+            payload_label(chart_payload),
+            machine()
+        );
+        chart::draw(&args.chart, &title, &chart_series)?;
+        true
+    } else {
+        false
+    };
+
+    let targets = targets(&cells, in_flight.as_ref());
+    let text = report(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
+    let json = to_json(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => println!("{}", serde_json::to_string_pretty(&json)?),
+        Some(path) => {
+            print!("{text}");
+            std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+                .map_err(|source| BenchError::Write { path: path.display().to_string(), source })?;
+        }
+        None => print!("{text}"),
+    }
+    if chart_written {
+        eprintln!("bench: chart written to {}", args.chart.display());
+    }
+    Ok(())
+}
+
+/// Every configuration, round and mode against the bench's gateway and
+/// worker; then the gateway's peak RSS.
+async fn measure_all(
+    args: &BenchArgs,
+    url: &str,
+    route: &str,
+    addr: std::net::SocketAddr,
+    pids: &Pids,
+) -> Result<(Vec<Cell>, u64), BenchError> {
     let runs = args.payload_sizes.len() * args.concurrency.len() * Mode::ALL.len() * args.rounds as usize;
     let mut cells = Vec::new();
     let mut index = 0;
@@ -254,8 +316,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
                     let load = Load {
                         mode,
                         target: addr.to_string(),
-                        amqp_url: url.clone(),
-                        route: route.clone(),
+                        amqp_url: url.to_owned(),
+                        route: route.to_owned(),
                         concurrency,
                         connections: if mode == Mode::Gateway { concurrency.clamp(1, 4) } else { CHANNELS },
                         payload: vec![b'x'; payload].into(),
@@ -266,7 +328,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
                     let mut quietest: Option<Sample> = None;
                     for attempt in 1..=ATTEMPTS {
                         let settled = settle(args.settle).await?;
-                        let sample = measure(&load, round, &pids, settled).await?;
+                        let sample = measure(&load, round, pids, settled).await?;
                         let others = sample.others_busy;
                         if quietest.as_ref().is_none_or(|q| others < q.others_busy) {
                             quietest = Some(sample);
@@ -301,51 +363,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
             cells.push(cell);
         }
     }
-    let gateway_peak_rss = procfs::peak_rss(pids.gateway)?;
-    drop(gateway_process);
-    drop(worker_process);
-
-    let in_flight = if args.in_flight > 0 { Some(in_flight(&url, args.in_flight).await?) } else { None };
-    delete_queues(&url, &[route.as_str()]).await;
-
-    let chart_series: Vec<Series> = Mode::ALL
-        .iter()
-        .map(|&mode| Series {
-            name: mode.name(),
-            points: cells
-                .iter()
-                .filter(|c| c.payload == 64)
-                .filter_map(|c| {
-                    let best = c.best(mode)?;
-                    Some((c.concurrency, best.run.calls_per_sec(), best.run.p99_us() as f64 / 1000.0))
-                })
-                .collect(),
-        })
-        .collect();
-    let chart_written = if chart_series.iter().any(|s| !s.points.is_empty()) {
-        let title = format!("gateway vs. raw AMQP, 64 B payload, {} (all processes share it)", machine());
-        chart::draw(&args.chart, &title, &chart_series)?;
-        true
-    } else {
-        false
-    };
-
-    let targets = targets(&cells, in_flight.as_ref());
-    let text = report(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
-    let json = to_json(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
-    match &args.json {
-        Some(path) if path.as_os_str() == "-" => println!("{}", serde_json::to_string_pretty(&json)?),
-        Some(path) => {
-            print!("{text}");
-            std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
-                .map_err(|source| BenchError::Write { path: path.display().to_string(), source })?;
-        }
-        None => print!("{text}"),
-    }
-    if chart_written {
-        eprintln!("bench: chart written to {}", args.chart.display());
-    }
-    Ok(())
+    Ok((cells, procfs::peak_rss(pids.gateway)?))
 }
 
 /// The processes whose CPU time the bench reads.
@@ -458,13 +476,13 @@ async fn in_flight(url: &str, calls: usize) -> Result<InFlight, BenchError> {
         deadline: Duration::from_secs(3),
         plan: Plan { stop: Stop::Count(calls as u64), warmup: Duration::ZERO, progress: false },
     };
-    let run = mode::run(&load).await?;
+    let run = mode::run(&load).await;
     watching.store(false, Ordering::Relaxed);
     let peak_pending = watcher.await.unwrap_or(0.0);
-    let peak_rss = procfs::peak_rss(fresh.pid())?;
+    let peak_rss = procfs::peak_rss(fresh.pid());
     drop((fresh, slow));
     delete_queues(url, &[route.as_str()]).await;
-    Ok(InFlight { calls, peak_pending, baseline_rss, peak_rss, run })
+    Ok(InFlight { calls, peak_pending, baseline_rss, peak_rss: peak_rss?, run: run? })
 }
 
 /// Removes the bench's queues from the broker; best effort.
