@@ -173,6 +173,7 @@ where
 fn server_span<B>(service: &str, request: &Request<B>, correlation_id: Uuid) -> tracing::Span {
     let method = request.uri().path().rsplit('/').next().unwrap_or_default();
     let span = tracing::info_span!(
+        target: otel::CALL_SPANS,
         "rpc",
         otel.name = %format_args!("{service}/{method}"),
         otel.kind = "server",

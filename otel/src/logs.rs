@@ -19,16 +19,16 @@ use tracing_subscriber::{
 };
 
 /// The OpenTelemetry span context of the span the event happens in.
-fn span_context<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<SpanContext>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    let id = ctx.lookup_current()?.id();
-    // The binaries install a global subscriber, which `get_default` returns
-    // even while an event is being dispatched. No span extensions are locked
-    // here, as `get_otel_context` requires.
-    let context = tracing::dispatcher::get_default(|dispatch| tracing_opentelemetry::get_otel_context(&id, dispatch))?;
+fn span_context() -> Option<SpanContext> {
+    // The current span of the whole subscriber, not of this layer: the log
+    // layer does not see the per-call spans (`CALL_SPANS`), but an event in
+    // one must still carry its ids. The binaries install a global subscriber,
+    // which `get_default` returns even while an event is being dispatched. No
+    // span extensions are locked here, as `get_otel_context` requires.
+    let context = tracing::dispatcher::get_default(|dispatch| {
+        let id = dispatch.current_span().id()?.clone();
+        tracing_opentelemetry::get_otel_context(&id, dispatch)
+    })?;
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then_some(span_context)
 }
@@ -60,7 +60,7 @@ where
         }
         write!(writer, "{}: ", meta.target())?;
         ctx.format_fields(writer.by_ref(), event)?;
-        if let Some(span_context) = span_context(ctx) {
+        if let Some(span_context) = span_context() {
             write!(writer, " trace_id={} span_id={}", span_context.trace_id(), span_context.span_id())?;
         }
         writeln!(writer)
@@ -93,7 +93,7 @@ where
             let spans = scope.from_root().map(|s| Value::String(s.name().to_owned())).collect();
             line.insert("spans".into(), Value::Array(spans));
         }
-        if let Some(span_context) = span_context(ctx) {
+        if let Some(span_context) = span_context() {
             line.insert("trace_id".into(), Value::String(span_context.trace_id().to_string()));
             line.insert("span_id".into(), Value::String(span_context.span_id().to_string()));
         }

@@ -141,6 +141,7 @@ impl AmqpClient {
     /// when the reply carries its `traceparent`.
     pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
         let span = tracing::info_span!(
+            target: otel::CALL_SPANS,
             "send",
             otel.name = %format_args!("send {}", call.route),
             otel.kind = "producer",
@@ -166,7 +167,8 @@ impl AmqpClient {
     async fn publish_and_wait(&self, call: Call, span: &tracing::Span) -> Result<Reply, CallError> {
         let session = self.session.borrow().clone().filter(|s| !s.is_lost()).ok_or(CallError::NotConnected)?;
         let slot = session.slot();
-        let (_guard, reply) = slot.pending.insert(call.correlation_id);
+        let correlation_id = call.correlation_id;
+        let (_guard, reply) = slot.pending.insert(correlation_id);
         // A channel or session marks itself closed before failing its pending
         // calls, so a call registered after that sweep sees the mark here and
         // is not left waiting for a reply that cannot come.
@@ -174,6 +176,22 @@ impl AmqpClient {
             return Err(CallError::ConnectionLost);
         }
 
+        // Boxed, and gone once the broker confirms: publishing is the largest
+        // state of a call (lapin's publish and confirm futures, the request
+        // itself), and a call spends nearly all its life waiting for the
+        // reply, where it holds only the guard and the receiver. With 10,000
+        // calls in flight that is most of the gateway's memory.
+        Box::pin(self.publish(&slot, call, span)).await?;
+
+        // The sender is dropped only by `fail_all`, which sends first; a closed
+        // channel therefore means the session went away.
+        let reply = reply.await.unwrap_or(Err(CallError::ConnectionLost))?;
+        received(&reply, correlation_id);
+        Ok(reply)
+    }
+
+    /// Publishes `call` on `slot`'s channel and waits for the broker's confirm.
+    async fn publish(&self, slot: &session::Slot, call: Call, span: &tracing::Span) -> Result<(), CallError> {
         let id = ShortString::from(call.correlation_id.hyphenated().to_string());
         let properties = request_properties(&call, id.clone(), span);
         let confirm = slot
@@ -189,7 +207,7 @@ impl AmqpClient {
             .map_err(|e| CallError::Publish(Arc::new(e)))?;
 
         match (ConfirmGuard(Some(confirm))).await {
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {}
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
             Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
                 self.stats.unroutable();
                 // Attribute the return by its correlation id, not by which
@@ -202,19 +220,14 @@ impl AmqpClient {
                 if let Some(other) = returned_id.and_then(|s| Uuid::try_parse(&s).ok()) {
                     slot.pending.complete(&other, Err(unroutable));
                 }
+                Ok(())
             }
             Ok(Confirmation::Nack(None)) => {
                 self.stats.nack();
-                return Err(CallError::Nacked);
+                Err(CallError::Nacked)
             }
-            Err(e) => return Err(CallError::Publish(Arc::new(e))),
+            Err(e) => Err(CallError::Publish(Arc::new(e))),
         }
-
-        // The sender is dropped only by `fail_all`, which sends first; a closed
-        // channel therefore means the session went away.
-        let reply = reply.await.unwrap_or(Err(CallError::ConnectionLost))?;
-        received(&reply, call.correlation_id);
-        Ok(reply)
     }
 
     /// Whether a broker session is up.
@@ -243,6 +256,7 @@ impl AmqpClient {
 /// temporary), continuing the worker's trace context when the reply has one.
 fn received(reply: &Reply, correlation_id: Uuid) {
     let span = tracing::info_span!(
+        target: otel::CALL_SPANS,
         "receive",
         otel.name = "receive (anonymous)",
         otel.kind = "consumer",
@@ -258,7 +272,7 @@ fn received(reply: &Reply, correlation_id: Uuid) {
     if worker.span().span_context().is_valid() {
         let _ = span.set_parent(worker);
     }
-    span.in_scope(|| tracing::debug!("reply received"));
+    span.in_scope(|| tracing::debug!(%correlation_id, "reply received"));
 }
 
 fn request_properties(call: &Call, id: ShortString, span: &tracing::Span) -> BasicProperties {
