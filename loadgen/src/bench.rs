@@ -18,9 +18,11 @@
 //! someone else's build on a shared machine does not land in a measurement
 //! unnoticed.
 //!
-//! Last, a fresh gateway holds 10,000 calls in flight against a worker that
-//! never answers in time, and its peak RSS is read. Every number goes to the
-//! report, to `--json` and, for the 64 B runs, to the SVG chart.
+//! Last, the memory checks, each on a fresh gateway: one holds 10,000 calls in
+//! flight against a worker that never answers in time, and its peak RSS is
+//! read; another serves 1,000,000 calls, and its RSS after the first 100,000
+//! is compared with its RSS at the end. Every number goes to the report, to
+//! `--json` and, for the 64 B runs, to the SVG chart.
 
 use std::{
     collections::BTreeMap,
@@ -88,6 +90,10 @@ pub(crate) struct BenchArgs {
     /// Calls held in flight at once for the memory check; 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     in_flight: usize,
+    /// Calls through a fresh gateway for the memory-growth check (its RSS
+    /// after a tenth of them and after all of them); 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    growth_calls: u64,
     /// Where to write the SVG chart (64 B runs).
     #[arg(long, default_value = "docs/performance.svg")]
     chart: PathBuf,
@@ -225,6 +231,24 @@ struct InFlight {
     run: Run,
 }
 
+/// The memory-growth check: a fresh gateway's RSS after a tenth of the
+/// calls and after all of them.
+#[derive(Debug)]
+struct Growth {
+    early_calls: u64,
+    early_rss: u64,
+    calls: u64,
+    rss: u64,
+    failed: u64,
+}
+
+impl Growth {
+    /// RSS at the end over RSS after the first tenth.
+    fn ratio(&self) -> Option<f64> {
+        ratio(self.rss as f64, self.early_rss as f64)
+    }
+}
+
 /// Runs the bench.
 pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let url = args.amqp_url.clone();
@@ -248,6 +272,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let (cells, gateway_peak_rss) = measured?;
 
     let in_flight = if args.in_flight > 0 { Some(in_flight(&url, args.in_flight).await?) } else { None };
+    let growth = if args.growth_calls > 0 { Some(growth(&url, args.growth_calls).await?) } else { None };
 
     // The chart shows the smallest payload (64 B by default).
     let chart_payload = args.payload_sizes.iter().copied().min().unwrap_or(64);
@@ -277,9 +302,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
         false
     };
 
-    let targets = targets(&cells, in_flight.as_ref());
-    let text = report(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
-    let json = to_json(&args, &cells, gateway_peak_rss, in_flight.as_ref(), &targets);
+    let targets = targets(&cells, in_flight.as_ref(), growth.as_ref());
+    let text = report(&args, &cells, gateway_peak_rss, in_flight.as_ref(), growth.as_ref(), &targets);
+    let json = to_json(&args, &cells, gateway_peak_rss, in_flight.as_ref(), growth.as_ref(), &targets);
     match &args.json {
         Some(path) if path.as_os_str() == "-" => println!("{}", serde_json::to_string_pretty(&json)?),
         Some(path) => {
@@ -485,6 +510,39 @@ async fn in_flight(url: &str, calls: usize) -> Result<InFlight, BenchError> {
     Ok(InFlight { calls, peak_pending, baseline_rss, peak_rss: peak_rss?, run: run? })
 }
 
+/// Drives `calls` calls (64 B, concurrency 64) through a fresh gateway and
+/// reads its RSS after the first tenth and at the end: memory that grows
+/// with the number of calls served, not with the calls in flight, is a leak.
+async fn growth(url: &str, calls: u64) -> Result<Growth, BenchError> {
+    eprintln!("bench: {calls} calls through a fresh gateway, for memory growth");
+    let route = testkit::unique("bench-growth");
+    let echo = worker(url, &route, &["--prefetch", "256", "--durable", "false"]).await;
+    let (fresh, addr) = gateway(url, &route, &["--channels", &CHANNELS.to_string()]).await;
+    let load = |count: u64| Load {
+        mode: Mode::Gateway,
+        target: addr.to_string(),
+        amqp_url: url.to_owned(),
+        route: route.clone(),
+        concurrency: 64,
+        connections: 4,
+        payload: vec![b'x'; 64].into(),
+        deadline: Duration::from_secs(5),
+        plan: Plan { stop: Stop::Count(count), warmup: Duration::ZERO, progress: false },
+    };
+    let early_calls = (calls / 10).max(1);
+    let measured = async {
+        let early = mode::run(&load(early_calls)).await?;
+        let early_rss = procfs::rss(fresh.pid())?;
+        let rest = mode::run(&load(calls - early_calls)).await?;
+        let rss = procfs::rss(fresh.pid())?;
+        Ok::<_, BenchError>(Growth { early_calls, early_rss, calls, rss, failed: early.failed() + rest.failed() })
+    }
+    .await;
+    drop((fresh, echo));
+    delete_queues(url, &[route.as_str()]).await;
+    measured
+}
+
 /// Removes the bench's queues from the broker; best effort.
 async fn delete_queues(url: &str, queues: &[&str]) {
     let cleanup = async {
@@ -529,7 +587,7 @@ impl Target {
     }
 }
 
-fn targets(cells: &[Cell], in_flight: Option<&InFlight>) -> Vec<Target> {
+fn targets(cells: &[Cell], in_flight: Option<&InFlight>, growth: Option<&Growth>) -> Vec<Target> {
     let cell = |payload, concurrency| cells.iter().find(|c| c.payload == payload && c.concurrency == concurrency);
     let mut targets = Vec::new();
     for (payload, label, bound) in [(64, "64 B", 0.85), (16384, "16 KiB", 0.9)] {
@@ -571,6 +629,13 @@ fn targets(cells: &[Cell], in_flight: Option<&InFlight>) -> Vec<Target> {
         at_least: false,
         unit: " MB",
     });
+    targets.push(Target {
+        what: "gateway RSS after 1,000,000 calls over RSS after 100,000".into(),
+        value: growth.filter(|g| g.calls >= 1_000_000).and_then(Growth::ratio),
+        bound: 1.1,
+        at_least: false,
+        unit: "",
+    });
     targets
 }
 
@@ -600,6 +665,7 @@ fn report(
     cells: &[Cell],
     gateway_peak_rss: u64,
     in_flight: Option<&InFlight>,
+    growth: Option<&Growth>,
     targets: &[Target],
 ) -> String {
     let mut out = String::new();
@@ -700,6 +766,19 @@ fn report(
             f.run.ok()
         );
     }
+    if let Some(g) = growth {
+        let _ = writeln!(
+            out,
+            "{} calls through a fresh gateway (64 B, concurrency 64): RSS {:.1} MiB after {}, {:.1} MiB after all \
+             ({}); {} failed",
+            g.calls,
+            mib(g.early_rss),
+            g.early_calls,
+            mib(g.rss),
+            ratio_cell(g.ratio()),
+            g.failed
+        );
+    }
     let _ = writeln!(out);
     for target in targets {
         let _ = writeln!(out, "{}", target.line());
@@ -716,6 +795,7 @@ fn to_json(
     cells: &[Cell],
     gateway_peak_rss: u64,
     in_flight: Option<&InFlight>,
+    growth: Option<&Growth>,
     targets: &[Target],
 ) -> Value {
     json!({
@@ -738,6 +818,13 @@ fn to_json(
             "baseline_rss_bytes": f.baseline_rss,
             "peak_rss_bytes": f.peak_rss,
             "run": f.run.to_json(),
+        })),
+        "growth": growth.map(|g| json!({
+            "early_calls": g.early_calls,
+            "early_rss_bytes": g.early_rss,
+            "calls": g.calls,
+            "rss_bytes": g.rss,
+            "failed": g.failed,
         })),
         "targets": targets.iter().map(|t| json!({
             "target": t.what,

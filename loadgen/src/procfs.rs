@@ -42,9 +42,19 @@ pub(crate) fn peak_rss(pid: u32) -> Result<u64, ProcError> {
     parse_vm_hwm(&read(path.clone())?).ok_or(ProcError::Format(path))
 }
 
+/// Resident set size of a process now (`VmRSS`), bytes.
+pub(crate) fn rss(pid: u32) -> Result<u64, ProcError> {
+    let path = format!("/proc/{pid}/status");
+    parse_status_kib(&read(path.clone())?, "VmRSS:").ok_or(ProcError::Format(path))
+}
+
 fn parse_vm_hwm(status: &str) -> Option<u64> {
+    parse_status_kib(status, "VmHWM:")
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     let kib: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())?;
+        status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())?;
     Some(kib * 1024)
 }
 
