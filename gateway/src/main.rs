@@ -12,7 +12,8 @@ async fn main() -> anyhow::Result<()> {
     if args.probe {
         return probe(args.listen).await;
     }
-    let _telemetry = otel::init("gateway", args.log_format, "info").context("telemetry")?;
+    let _telemetry =
+        otel::init("gateway", args.log_format, "info", otel::ContextActivation::Off).context("telemetry")?;
     let metrics_listen = args.metrics_listen;
     let config = args.into_config().context("invalid configuration")?;
     if let Some(addr) = metrics_listen {

@@ -459,12 +459,13 @@ fn local_broker_port(url: &str) -> Option<u16> {
 }
 
 /// Holds `calls` calls in flight through a fresh gateway, against a worker
-/// that takes 10 s per request (so the calls end at their 3 s deadline), and
+/// that takes 60 s per request (so the calls end at their 10 s deadline, time enough
+/// for all of them to be published first even on a slow machine), and
 /// reads the gateway's peak RSS.
 async fn in_flight(url: &str, calls: usize) -> Result<InFlight, BenchError> {
     eprintln!("bench: holding {calls} calls in flight through a fresh gateway");
     let route = testkit::unique("bench-slow");
-    let slow = worker(url, &route, &["--prefetch", "100", "--durable", "false", "--delay", "10s"]).await;
+    let slow = worker(url, &route, &["--prefetch", "100", "--durable", "false", "--delay", "60s"]).await;
     let metrics = testkit::free_addr();
     let limit = (calls * 2).to_string();
     let (fresh, addr) = gateway(
@@ -498,7 +499,7 @@ async fn in_flight(url: &str, calls: usize) -> Result<InFlight, BenchError> {
         concurrency: calls,
         connections: calls.div_ceil(500),
         payload: vec![b'x'; 64].into(),
-        deadline: Duration::from_secs(3),
+        deadline: Duration::from_secs(10),
         plan: Plan { stop: Stop::Count(calls as u64), warmup: Duration::ZERO, progress: false },
     };
     let run = mode::run(&load).await;

@@ -109,7 +109,7 @@ enum Handler {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry = otel::init("worker", args.log_format, "info").context("telemetry")?;
+    let _telemetry = otel::init("worker", args.log_format, "info", otel::ContextActivation::On).context("telemetry")?;
     anyhow::ensure!(args.prefetch > 0, "--prefetch must be greater than zero");
     if let Some(addr) = args.metrics_listen {
         otel::serve_prometheus(addr)?;
