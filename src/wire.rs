@@ -11,8 +11,15 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
 use tonic::Code;
+
+/// RabbitMQ's Direct Reply-to pseudo-queue: requests name it as `reply_to`,
+/// and the publishing channel consumes it (no-ack) to receive the replies.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Absolute deadline of a request, Unix epoch milliseconds, as a signed 64-bit
 /// integer (`AMQPValue::LongLongInt`).
@@ -70,6 +77,36 @@ pub fn decode_deadline(headers: Option<&FieldTable>) -> Option<SystemTime> {
 /// broker to drop the message unless a consumer is waiting at that instant).
 pub fn expiration(remaining: Duration) -> ShortString {
     remaining.as_millis().max(1).to_string().into()
+}
+
+/// The properties of a request, as the contract defines them: `id` as
+/// correlation id and message id, replies to Direct Reply-to, the publish
+/// time as `timestamp`, `remaining` as both `expiration` and the absolute
+/// `x-deadline` header (added to `headers`, which hold the caller's headers
+/// and the trace context), and `content_type` when there is one.
+///
+/// The gateway publishes exactly this; `loadgen --mode raw-amqp` does too, so
+/// its baseline cannot drift from what the gateway sends.
+pub fn request_properties(
+    id: ShortString,
+    mut headers: FieldTable,
+    remaining: Duration,
+    content_type: Option<ShortString>,
+) -> BasicProperties {
+    let now = SystemTime::now();
+    headers.insert(DEADLINE_HEADER.into(), encode_deadline(now + remaining));
+    let timestamp = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let properties = BasicProperties::default()
+        .with_correlation_id(id.clone())
+        .with_message_id(id)
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_timestamp(timestamp)
+        .with_expiration(expiration(remaining))
+        .with_headers(headers);
+    match content_type {
+        Some(content_type) => properties.with_content_type(content_type),
+        None => properties,
+    }
 }
 
 /// Reads a numeric header value of any AMQP integer width, or a decimal string.
@@ -184,6 +221,19 @@ mod tests {
             t.insert((*k).into(), v.clone());
         }
         t
+    }
+
+    #[test]
+    fn request_properties_follow_the_contract() {
+        let p = request_properties("id-1".into(), FieldTable::default(), Duration::from_millis(1500), None);
+        assert_eq!(p.correlation_id().as_ref().map(ShortString::as_str), Some("id-1"));
+        assert_eq!(p.message_id().as_ref().map(ShortString::as_str), Some("id-1"));
+        assert_eq!(p.reply_to().as_ref().map(ShortString::as_str), Some(DIRECT_REPLY_TO));
+        assert_eq!(p.expiration().as_ref().map(ShortString::as_str), Some("1500"));
+        assert!(p.timestamp().is_some());
+        assert!(p.content_type().is_none());
+        let deadline = decode_deadline(p.headers().as_ref()).unwrap();
+        assert!(deadline > SystemTime::now() + Duration::from_secs(1));
     }
 
     #[test]

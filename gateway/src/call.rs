@@ -18,7 +18,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use http::{HeaderMap, HeaderValue, Request};
@@ -60,11 +60,6 @@ impl Deadline {
     /// Time left from now; zero when passed.
     pub fn remaining(&self) -> Duration {
         self.at.saturating_duration_since(tokio::time::Instant::now())
-    }
-
-    /// The deadline on the wall clock, for the `x-deadline` header.
-    pub fn wall_clock(&self) -> SystemTime {
-        SystemTime::now() + self.remaining()
     }
 }
 

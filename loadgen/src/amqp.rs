@@ -3,8 +3,9 @@
 //! gateway is compared with.
 //!
 //! - `raw-amqp` ([`Flavor::Contract`]) publishes exactly what the gateway
-//!   publishes per call (`gateway/src/amqp/mod.rs`, `request_properties` and
-//!   `call`): default exchange, routing key = route, `mandatory`, on a channel
+//!   publishes per call (the properties from the same
+//!   `amqp_gateway::wire::request_properties`, the rest as in
+//!   `gateway/src/amqp/mod.rs`): default exchange, routing key = route, `mandatory`, on a channel
 //!   in confirm mode with the confirm awaited; `correlation_id` =
 //!   `message_id` = a fresh UUID, `reply_to` = Direct Reply-to, `timestamp`,
 //!   `expiration` = the deadline in ms, and headers `x-deadline` and a W3C
@@ -24,10 +25,10 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use amqp_gateway::wire;
+use amqp_gateway::wire::{self, DIRECT_REPLY_TO};
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::{
@@ -41,9 +42,6 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::driver::{Caller, Failure};
-
-/// The pseudo-queue of RabbitMQ Direct Reply-to.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Bound on connecting and on each set-up step.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,22 +145,14 @@ impl RawClient {
     }
 
     fn properties(&self, id: &ShortString, deadline: Duration) -> BasicProperties {
-        let properties =
-            BasicProperties::default().with_correlation_id(id.clone()).with_reply_to(DIRECT_REPLY_TO.into());
         if self.flavor == Flavor::Bare {
-            return properties;
+            return BasicProperties::default().with_correlation_id(id.clone()).with_reply_to(DIRECT_REPLY_TO.into());
         }
-        // As the gateway's `request_properties`: no caller headers here, the
-        // trace context its propagator injects, then the deadline.
+        // What the gateway publishes, with no caller headers and the trace
+        // context its propagator injects for a call that starts a trace.
         let mut headers = FieldTable::default();
         headers.insert(wire::TRACEPARENT_HEADER.into(), wire::long_string(traceparent()));
-        headers.insert(wire::DEADLINE_HEADER.into(), wire::encode_deadline(SystemTime::now() + deadline));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        properties
-            .with_message_id(id.clone())
-            .with_timestamp(now)
-            .with_expiration(wire::expiration(deadline))
-            .with_headers(headers)
+        wire::request_properties(id.clone(), headers, deadline, None)
     }
 }
 

@@ -22,7 +22,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use amqp_gateway::{broker, wire};
@@ -40,7 +40,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use self::session::{DIRECT_REPLY_TO, Session};
+use self::session::Session;
 pub use crate::metrics::Stats;
 use crate::{call::Deadline, config::AmqpConfig};
 
@@ -281,19 +281,8 @@ fn request_properties(call: &Call, id: ShortString, span: &tracing::Span) -> Bas
         headers.insert(name.as_str().into(), wire::long_string(value.as_str()));
     }
     otel::propagation::inject_amqp(span, &mut headers);
-    headers.insert(wire::DEADLINE_HEADER.into(), wire::encode_deadline(call.deadline.wall_clock()));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let mut properties = BasicProperties::default()
-        .with_correlation_id(id.clone())
-        .with_message_id(id)
-        .with_reply_to(DIRECT_REPLY_TO.into())
-        .with_timestamp(now)
-        .with_expiration(wire::expiration(call.deadline.remaining()))
-        .with_headers(headers);
-    if !call.content_type.is_empty() {
-        properties = properties.with_content_type(call.content_type.as_str().into());
-    }
-    properties
+    let content_type = (!call.content_type.is_empty()).then(|| call.content_type.as_str().into());
+    wire::request_properties(id, headers, call.deadline.remaining(), content_type)
 }
 
 /// Awaits a publisher confirm; if dropped first (the caller cancelled), hands

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use amqp_gateway::broker;
+use amqp_gateway::{broker, wire::DIRECT_REPLY_TO};
 use futures::StreamExt;
 use lapin::{
     Channel, Connection, Consumer,
@@ -32,9 +32,6 @@ use uuid::Uuid;
 
 use super::{CallError, Reply, Stats, pending::PendingTable};
 use crate::config::AmqpConfig;
-
-/// The pseudo-queue of RabbitMQ Direct Reply-to.
-pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Bound on connecting and on each set-up step, so a broker that accepts TCP
 /// but never answers cannot hang the supervisor.
