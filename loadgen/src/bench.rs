@@ -249,6 +249,16 @@ impl Growth {
     }
 }
 
+/// Everything one bench measured, and how it compares with the targets.
+#[derive(Debug)]
+struct Results {
+    cells: Vec<Cell>,
+    gateway_peak_rss: u64,
+    in_flight: Option<InFlight>,
+    growth: Option<Growth>,
+    targets: Vec<Target>,
+}
+
 /// Runs the bench.
 pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let url = args.amqp_url.clone();
@@ -303,8 +313,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
     };
 
     let targets = targets(&cells, in_flight.as_ref(), growth.as_ref());
-    let text = report(&args, &cells, gateway_peak_rss, in_flight.as_ref(), growth.as_ref(), &targets);
-    let json = to_json(&args, &cells, gateway_peak_rss, in_flight.as_ref(), growth.as_ref(), &targets);
+    let results = Results { cells, gateway_peak_rss, in_flight, growth, targets };
+    let text = report(&args, &results);
+    let json = to_json(&args, &results);
     match &args.json {
         Some(path) if path.as_os_str() == "-" => println!("{}", serde_json::to_string_pretty(&json)?),
         Some(path) => {
@@ -661,14 +672,8 @@ fn payload_label(bytes: usize) -> String {
     if bytes >= 1024 && bytes.is_multiple_of(1024) { format!("{} KiB", bytes / 1024) } else { format!("{bytes} B") }
 }
 
-fn report(
-    args: &BenchArgs,
-    cells: &[Cell],
-    gateway_peak_rss: u64,
-    in_flight: Option<&InFlight>,
-    growth: Option<&Growth>,
-    targets: &[Target],
-) -> String {
+fn report(args: &BenchArgs, results: &Results) -> String {
+    let Results { cells, gateway_peak_rss, in_flight, growth, targets } = results;
     let mut out = String::new();
     let _ = writeln!(out, "loadgen bench on {}, shared by every process (broker, worker, gateway, loadgen)", machine());
     let _ = writeln!(
@@ -752,7 +757,7 @@ fn report(
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "gateway peak RSS (VmHWM) after every run above: {:.1} MiB", mib(gateway_peak_rss));
+    let _ = writeln!(out, "gateway peak RSS (VmHWM) after every run above: {:.1} MiB", mib(*gateway_peak_rss));
     if let Some(f) = in_flight {
         let outcomes: BTreeMap<&str, u64> = f.run.errors.iter().map(|(code, e)| (*code, e.count)).collect();
         let _ = writeln!(
@@ -791,14 +796,8 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn to_json(
-    args: &BenchArgs,
-    cells: &[Cell],
-    gateway_peak_rss: u64,
-    in_flight: Option<&InFlight>,
-    growth: Option<&Growth>,
-    targets: &[Target],
-) -> Value {
+fn to_json(args: &BenchArgs, results: &Results) -> Value {
+    let Results { cells, gateway_peak_rss, in_flight, growth, targets } = results;
     json!({
         "machine": machine(),
         "settings": {
@@ -813,14 +812,14 @@ fn to_json(
         },
         "configurations": cells.iter().map(Cell::to_json).collect::<Vec<_>>(),
         "gateway_peak_rss_bytes": gateway_peak_rss,
-        "in_flight": in_flight.map(|f| json!({
+        "in_flight": in_flight.as_ref().map(|f| json!({
             "calls": f.calls,
             "peak_pending": f.peak_pending,
             "baseline_rss_bytes": f.baseline_rss,
             "peak_rss_bytes": f.peak_rss,
             "run": f.run.to_json(),
         })),
-        "growth": growth.map(|g| json!({
+        "growth": growth.as_ref().map(|g| json!({
             "early_calls": g.early_calls,
             "early_rss_bytes": g.early_rss,
             "calls": g.calls,
