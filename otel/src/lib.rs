@@ -74,16 +74,16 @@ impl fmt::Display for LogFormat {
     }
 }
 
-/// Target of the spans made once per call or message (the gateway's RPC,
-/// send and receive spans, the worker's process span): traced, never
-/// formatted into log lines.
+/// Target of the spans made once per call (the gateway's `rpc`, `send` and
+/// `receive` spans): traced, never formatted into log lines.
 ///
 /// The log layer would otherwise format every field of every such span into a
 /// string of its own, for every call, whether or not anything is ever logged
 /// inside it; that was the largest single cost of tracing on the hot path.
 /// Log lines lose nothing: they carry the `trace_id` and `span_id` of the span
-/// they happen in, and the gateway's and worker's events name their
-/// correlation id themselves.
+/// they happen in, and the gateway's per-call events name their correlation
+/// id themselves. The worker's `process` span keeps the default target: its
+/// fields are the context of the log lines handlers write.
 pub const CALL_SPANS: &str = "call";
 
 /// Telemetry could not be set up.
