@@ -1,11 +1,15 @@
 //! How both sides reach the broker: the AMQP URL, kept out of logs, TLS
-//! (`amqps://`, with the system's roots or a CA file of your own), and the
+//! (`amqps://`, with the system's roots or a CA file of your own), the
+//! [frame guard](guard) every byte from the broker passes through, and the
 //! reconnect backoff. Shared so the gateway and the worker connect and behave
-//! alike when a broker goes away.
+//! alike when a broker goes away or delivers something hostile.
 
-use std::{fmt, time::Duration};
+pub mod guard;
+mod transport;
 
-use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig};
+use std::{fmt, io, time::Duration};
+
+use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig, uri::AMQPUri};
 use url::Url;
 
 /// An AMQP URL whose `Debug` and `Display` hide the password, so it can be
@@ -87,10 +91,20 @@ impl Broker {
     }
 
     /// Opens a connection named `name` (shown in the broker's management UI).
+    ///
+    /// Everything the broker sends passes through the [frame guard](guard)
+    /// before lapin parses it, so no message can crash the process or wedge
+    /// the connection, whoever published it. Must be called inside a tokio
+    /// runtime.
     pub async fn connect(&self, name: &str) -> lapin::Result<Connection> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let uri: AMQPUri =
+            self.url.expose().parse().map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = OwnedTLSConfig { identity: None, cert_chain: self.ca_pem.clone() };
-        Connection::connect_with_config(self.url.expose(), properties, tls, lapin::runtime::default_runtime()?).await
+        let connect = async move |uri: AMQPUri, runtime: async_rs::Runtime<async_rs::Tokio>| {
+            Ok(transport::connect(uri, tls.clone(), runtime).await?)
+        };
+        Connection::connector(uri, async_rs::Runtime::tokio_current(), connect, properties).await
     }
 }
 

@@ -28,6 +28,13 @@ pub const DEADLINE_HEADER: &str = "x-deadline";
 pub const STATUS_CODE_HEADER: &str = "x-status-code";
 /// Human-readable status message of a reply.
 pub const STATUS_MESSAGE_HEADER: &str = "x-status-message";
+/// Set by this project's AMQP clients (gateway and worker library) on a
+/// delivery whose content header could not be parsed safely (headers nested
+/// too deep, malformed, or a property that is not UTF-8): the headers table
+/// is replaced by this one entry, a long string saying why. The worker
+/// answers such a request `INVALID_ARGUMENT`; the gateway fails the call
+/// such a reply answers.
+pub const HEADERS_REJECTED: &str = "x-headers-rejected";
 /// W3C Trace Context parent, as the OpenTelemetry amqplib and pika
 /// instrumentations name it.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
@@ -53,6 +60,12 @@ pub fn is_reserved(name: &str) -> bool {
 /// are set by the gateway's propagator, never from a caller's header map.
 pub fn is_trace_context(name: &str) -> bool {
     [TRACEPARENT_HEADER, TRACESTATE_HEADER, BAGGAGE_HEADER].iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Why a delivery's headers were rejected on arrival, if they were (see
+/// [`HEADERS_REJECTED`]).
+pub fn headers_rejected(headers: Option<&FieldTable>) -> Option<&str> {
+    headers?.inner().get(HEADERS_REJECTED).map(|value| string(value).unwrap_or("headers rejected"))
 }
 
 /// Encodes an absolute deadline for the `x-deadline` header.

@@ -53,6 +53,7 @@ impl GatewayError {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Call(CallError::ReplyRejected(_)) => Code::Internal,
             Self::ShuttingDown | Self::Call(_) => Code::Unavailable,
             Self::Worker { code, .. } => *code,
         }
@@ -111,6 +112,7 @@ mod tests {
             (CallError::ConnectionLost.into(), Code::Unavailable),
             (CallError::Nacked.into(), Code::Unavailable),
             (CallError::Unroutable { route: "r".into() }.into(), Code::Unavailable),
+            (CallError::ReplyRejected("nested".into()).into(), Code::Internal),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error:?}");

@@ -13,6 +13,9 @@
 //!   AMQP work (`unauthenticated`, `permission_denied`, `invalid_argument`,
 //!   `payload_too_large`).
 //! - `gateway_replies_dropped_total`: late or unknown replies discarded.
+//! - `gateway_replies_rejected_total{reason}`: replies that failed their call
+//!   instead of reaching the caller (`headers`: nested too deep or malformed,
+//!   rejected on arrival by the frame guard).
 //! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
 //!   `gateway_broker_reconnects_total`, `gateway_channel_recoveries_total`.
 //!
@@ -47,7 +50,10 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Channels reopened after the broker closed them, on a live connection.
     pub channel_recoveries: AtomicU64,
-    metrics: [Counter; 5],
+    /// Replies whose headers the frame guard rejected (nested too deep or
+    /// malformed); each failed its call.
+    pub rejected_headers: AtomicU64,
+    metrics: [Counter; 6],
 }
 
 impl Default for Stats {
@@ -59,12 +65,14 @@ impl Default for Stats {
             nacks: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             channel_recoveries: AtomicU64::new(0),
+            rejected_headers: AtomicU64::new(0),
             metrics: [
                 metrics::counter!("gateway_replies_dropped_total"),
                 metrics::counter!("gateway_unroutable_total"),
                 metrics::counter!("gateway_publish_nacks_total"),
                 metrics::counter!("gateway_broker_reconnects_total"),
                 metrics::counter!("gateway_channel_recoveries_total"),
+                metrics::counter!("gateway_replies_rejected_total", "reason" => "headers"),
             ],
         }
     }
@@ -94,6 +102,10 @@ impl Stats {
 
     pub(crate) fn channel_recovered(&self) {
         self.bump(4, &self.channel_recoveries);
+    }
+
+    pub(crate) fn rejected_headers(&self) {
+        self.bump(5, &self.rejected_headers);
     }
 }
 
@@ -163,6 +175,10 @@ fn describe() {
     describe_gauge!("gateway_pending_calls", "Calls published and waiting for their reply");
     describe_counter!("gateway_rejected_requests_total", "Requests refused before any AMQP work, by reason");
     describe_counter!("gateway_replies_dropped_total", "Late or unknown replies discarded");
+    describe_counter!(
+        "gateway_replies_rejected_total",
+        "Replies that failed their call instead of reaching it, by reason"
+    );
     describe_counter!("gateway_unroutable_total", "Requests returned by the broker: no queue bound to the route");
     describe_counter!("gateway_publish_nacks_total", "Requests the broker refused (nack)");
     describe_counter!("gateway_broker_reconnects_total", "Broker sessions re-established after a loss");

@@ -357,6 +357,15 @@ async fn handle<S>(
         return;
     };
 
+    // The connection's frame guard replaced headers lapin could not safely
+    // parse (nested too deep, malformed): answer once, never handle.
+    if let Some(reason) = wire::headers_rejected(properties.headers().as_ref()) {
+        tracing::warn!(%reason, "refusing a request whose headers were rejected on arrival");
+        stats.headers_rejected();
+        let status = Status::invalid_argument(format!("request headers rejected: {reason}"));
+        return finish(&channel, acker, reply_to, correlation_id, Err(status), &stats).await;
+    }
+
     let deadline = wire::decode_deadline(properties.headers().as_ref());
     if deadline.is_some_and(|d| d <= SystemTime::now()) {
         stats.outcome(Outcome::Expired);

@@ -11,6 +11,9 @@
 //! - `worker_requests_in_flight{route}`: requests being handled.
 //! - `worker_handler_panics_total{route}`, `worker_broker_reconnects_total{route}`,
 //!   `worker_channel_recoveries_total{route}`.
+//! - `worker_headers_rejected_total{route}`: requests whose headers the frame
+//!   guard rejected on arrival (answered `INVALID_ARGUMENT`, also counted
+//!   under `outcome="error"`).
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -44,6 +47,9 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Channels reopened on a live connection after the broker closed them.
     pub channel_recoveries: AtomicU64,
+    /// Requests whose headers were rejected on arrival (nested too deep or
+    /// malformed), answered INVALID_ARGUMENT without running the handler.
+    pub headers_rejected: AtomicU64,
     metrics: Metrics,
 }
 
@@ -57,6 +63,7 @@ struct Metrics {
     panics: Counter,
     reconnects: Counter,
     channel_recoveries: Counter,
+    headers_rejected: Counter,
     duration: Histogram,
     in_flight: Gauge,
 }
@@ -74,6 +81,7 @@ impl Stats {
             panics: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             channel_recoveries: AtomicU64::new(0),
+            headers_rejected: AtomicU64::new(0),
             metrics: Metrics {
                 ok: outcome("ok"),
                 error: outcome("error"),
@@ -83,6 +91,7 @@ impl Stats {
                 panics: metrics::counter!("worker_handler_panics_total", &[route()]),
                 reconnects: metrics::counter!("worker_broker_reconnects_total", &[route()]),
                 channel_recoveries: metrics::counter!("worker_channel_recoveries_total", &[route()]),
+                headers_rejected: metrics::counter!("worker_headers_rejected_total", &[route()]),
                 duration: metrics::histogram!("worker_handler_duration_seconds", &[route()]),
                 in_flight: metrics::gauge!("worker_requests_in_flight", &[route()]),
             },
@@ -125,6 +134,11 @@ impl Stats {
         self.metrics.reconnects.increment(1);
     }
 
+    pub(crate) fn headers_rejected(&self) {
+        self.headers_rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.headers_rejected.increment(1);
+    }
+
     pub(crate) fn channel_recovered(&self) {
         self.channel_recoveries.fetch_add(1, Ordering::Relaxed);
         self.metrics.channel_recoveries.increment(1);
@@ -142,4 +156,8 @@ fn describe() {
     metrics::describe_counter!("worker_handler_panics_total", "Handler panics, answered INTERNAL");
     metrics::describe_counter!("worker_broker_reconnects_total", "Broker connections re-established after a loss");
     metrics::describe_counter!("worker_channel_recoveries_total", "Channels reopened after the broker closed them");
+    metrics::describe_counter!(
+        "worker_headers_rejected_total",
+        "Requests whose headers were nested too deep or malformed, answered INVALID_ARGUMENT"
+    );
 }

@@ -65,6 +65,10 @@ pub enum CallError {
     /// The publish itself failed.
     #[error("publish failed: {0}")]
     Publish(Arc<lapin::Error>),
+    /// The reply's headers were rejected on arrival (nested too deep or
+    /// malformed): the worker, or whoever published it, broke the contract.
+    #[error("the worker's reply headers were rejected: {0}")]
+    ReplyRejected(String),
 }
 
 impl CallError {
@@ -76,6 +80,7 @@ impl CallError {
             Self::Unroutable { .. } => "unroutable",
             Self::Nacked => "nacked",
             Self::Publish(_) => "publish_failed",
+            Self::ReplyRejected(_) => "reply_rejected",
         }
     }
 }

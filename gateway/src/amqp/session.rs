@@ -17,7 +17,10 @@ use std::{
     time::Duration,
 };
 
-use amqp_gateway::{broker, wire::DIRECT_REPLY_TO};
+use amqp_gateway::{
+    broker,
+    wire::{self, DIRECT_REPLY_TO},
+};
 use futures::StreamExt;
 use lapin::{
     Channel, Connection, Consumer,
@@ -239,12 +242,21 @@ async fn route_replies(
 fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats) {
     let properties = delivery.properties;
     let id = properties.correlation_id().as_ref().and_then(|id| Uuid::try_parse(id.as_str()).ok());
-    let reply = Reply {
-        payload: delivery.data,
-        content_type: properties.content_type().as_ref().map(|c| c.as_str().to_owned()),
-        headers: properties.headers().clone(),
+    // The frame guard replaced headers lapin could not safely parse: the
+    // reply fails its own call, and nothing else.
+    let outcome = match wire::headers_rejected(properties.headers().as_ref()) {
+        Some(reason) => {
+            stats.rejected_headers();
+            tracing::warn!(%reason, "a reply's headers were rejected on arrival; failing its call");
+            Err(CallError::ReplyRejected(reason.to_owned()))
+        }
+        None => Ok(Reply {
+            payload: delivery.data,
+            content_type: properties.content_type().as_ref().map(|c| c.as_str().to_owned()),
+            headers: properties.headers().clone(),
+        }),
     };
-    let delivered = id.is_some_and(|id| pending.complete(&id, Ok(reply)));
+    let delivered = id.is_some_and(|id| pending.complete(&id, outcome));
     if !delivered {
         stats.unknown_reply();
         tracing::debug!(correlation_id = ?properties.correlation_id(), "dropped reply for an unknown or finished call");
