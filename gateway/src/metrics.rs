@@ -13,6 +13,8 @@
 //!   AMQP work (`unauthenticated`, `permission_denied`, `invalid_argument`,
 //!   `payload_too_large`).
 //! - `gateway_replies_dropped_total`: late or unknown replies discarded.
+//! - `gateway_replies_rejected_total{reason}`: replies refused and dropped
+//!   (`too_large`: over `--max-reply-bytes`).
 //! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
 //!   `gateway_broker_reconnects_total`, `gateway_channel_recoveries_total`.
 //!
@@ -47,7 +49,10 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Channels reopened after the broker closed them, on a live connection.
     pub channel_recoveries: AtomicU64,
-    metrics: [Counter; 5],
+    /// Replies over the reply limit, dropped (their call, if still waiting,
+    /// failed with RESOURCE_EXHAUSTED).
+    pub replies_too_large: AtomicU64,
+    metrics: [Counter; 6],
 }
 
 impl Default for Stats {
@@ -59,12 +64,14 @@ impl Default for Stats {
             nacks: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             channel_recoveries: AtomicU64::new(0),
+            replies_too_large: AtomicU64::new(0),
             metrics: [
                 metrics::counter!("gateway_replies_dropped_total"),
                 metrics::counter!("gateway_unroutable_total"),
                 metrics::counter!("gateway_publish_nacks_total"),
                 metrics::counter!("gateway_broker_reconnects_total"),
                 metrics::counter!("gateway_channel_recoveries_total"),
+                metrics::counter!("gateway_replies_rejected_total", "reason" => "too_large"),
             ],
         }
     }
@@ -94,6 +101,10 @@ impl Stats {
 
     pub(crate) fn channel_recovered(&self) {
         self.bump(4, &self.channel_recoveries);
+    }
+
+    pub(crate) fn reply_too_large(&self) {
+        self.bump(5, &self.replies_too_large);
     }
 }
 
@@ -163,6 +174,7 @@ fn describe() {
     describe_gauge!("gateway_pending_calls", "Calls published and waiting for their reply");
     describe_counter!("gateway_rejected_requests_total", "Requests refused before any AMQP work, by reason");
     describe_counter!("gateway_replies_dropped_total", "Late or unknown replies discarded");
+    describe_counter!("gateway_replies_rejected_total", "Replies refused and dropped, by reason");
     describe_counter!("gateway_unroutable_total", "Requests returned by the broker: no queue bound to the route");
     describe_counter!("gateway_publish_nacks_total", "Requests the broker refused (nack)");
     describe_counter!("gateway_broker_reconnects_total", "Broker sessions re-established after a loss");

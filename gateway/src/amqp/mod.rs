@@ -65,6 +65,14 @@ pub enum CallError {
     /// The publish itself failed.
     #[error("publish failed: {0}")]
     Publish(Arc<lapin::Error>),
+    /// The worker's reply is over `--max-reply-bytes`; it was dropped.
+    #[error("the worker's reply is {size} bytes, over the gateway's reply limit of {limit} bytes")]
+    ReplyTooLarge {
+        /// Reply body size.
+        size: usize,
+        /// The configured reply limit.
+        limit: usize,
+    },
 }
 
 impl CallError {
@@ -76,6 +84,7 @@ impl CallError {
             Self::Unroutable { .. } => "unroutable",
             Self::Nacked => "nacked",
             Self::Publish(_) => "publish_failed",
+            Self::ReplyTooLarge { .. } => "reply_too_large",
         }
     }
 }
