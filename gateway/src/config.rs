@@ -78,6 +78,11 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_payload_bytes: usize,
 
+    /// Largest worker reply body, in bytes; a larger reply fails its call
+    /// with RESOURCE_EXHAUSTED and is dropped. Default: `--max-payload-bytes`.
+    #[arg(long, env = "GATEWAY_MAX_REPLY_BYTES")]
+    pub max_reply_bytes: Option<usize>,
+
     /// Most caller headers in one request.
     #[arg(long, env = "GATEWAY_MAX_HEADERS", default_value_t = 32)]
     pub max_headers: usize,
@@ -224,6 +229,8 @@ pub struct AmqpConfig {
     pub exchange: String,
     /// Publisher channels.
     pub channels: usize,
+    /// Largest reply body passed on to a caller.
+    pub max_reply_bytes: usize,
 }
 
 /// Request rules enforced before anything is published.
@@ -287,11 +294,13 @@ impl Args {
         if let Some(route) = default_route.as_ref().filter(|r| !routes.contains(*r)) {
             return Err(ConfigError::DefaultRouteNotAllowed(route.clone()));
         }
+        let max_reply_bytes = self.max_reply_bytes.unwrap_or(self.max_payload_bytes);
         for (name, value) in [
             ("max-concurrent-streams", self.max_concurrent_streams as usize),
             ("max-in-flight", self.max_in_flight),
             ("channels", self.channels),
             ("max-payload-bytes", self.max_payload_bytes),
+            ("max-reply-bytes", max_reply_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -304,7 +313,12 @@ impl Args {
             return Err(ConfigError::Timeouts { default: self.default_timeout, max: self.max_timeout });
         }
         Ok(Config {
-            amqp: AmqpConfig { broker: Broker { url, ca_pem }, exchange: self.exchange, channels: self.channels },
+            amqp: AmqpConfig {
+                broker: Broker { url, ca_pem },
+                exchange: self.exchange,
+                channels: self.channels,
+                max_reply_bytes,
+            },
             listen: self.listen,
             limits: Limits {
                 routes,
@@ -341,6 +355,16 @@ mod tests {
         assert_eq!(config.limits.routes.len(), 2);
         assert_eq!(config.limits.default_route.as_deref(), Some("echo"));
         assert_eq!(config.limits.default_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn reply_limit_defaults_to_the_payload_limit() {
+        let config = args(&["--max-payload-bytes", "1000"]).into_config().unwrap();
+        assert_eq!(config.amqp.max_reply_bytes, 1000);
+        let config = args(&["--max-payload-bytes", "1000", "--max-reply-bytes", "5000"]).into_config().unwrap();
+        assert_eq!(config.amqp.max_reply_bytes, 5000);
+        let err = args(&["--max-reply-bytes", "0"]).into_config().unwrap_err();
+        assert_eq!(err, ConfigError::Zero("max-reply-bytes"));
     }
 
     #[test]

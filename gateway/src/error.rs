@@ -26,6 +26,20 @@ pub enum GatewayError {
         /// Configured limit.
         limit: usize,
     },
+    /// The request message is over the gateway's message limit, refused
+    /// from its gRPC length prefix before it was read.
+    #[error(
+        "request message is {size} bytes, over the limit of {limit} bytes (a payload of at most {payload_limit} \
+         bytes plus room for route and headers)"
+    )]
+    RequestTooLarge {
+        /// Message size announced by the length prefix.
+        size: usize,
+        /// The message limit.
+        limit: usize,
+        /// The configured payload limit.
+        payload_limit: usize,
+    },
     /// No reply before the deadline.
     #[error("deadline exceeded before the worker replied")]
     DeadlineExceeded,
@@ -51,7 +65,8 @@ impl GatewayError {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Self::PayloadTooLarge { .. } | Self::RequestTooLarge { .. } => Code::ResourceExhausted,
+            Self::Call(CallError::ReplyTooLarge { .. }) => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Call(CallError::ReplyRejected(_)) => Code::Internal,
             Self::ShuttingDown | Self::Call(_) => Code::Unavailable,
@@ -67,7 +82,7 @@ impl GatewayError {
         match self {
             Self::InvalidArgument(_) => Some("invalid_argument"),
             Self::PermissionDenied(_) => Some("permission_denied"),
-            Self::PayloadTooLarge { .. } => Some("payload_too_large"),
+            Self::PayloadTooLarge { .. } | Self::RequestTooLarge { .. } => Some("payload_too_large"),
             _ => None,
         }
     }
@@ -105,6 +120,7 @@ mod tests {
             (GatewayError::InvalidArgument("x".into()), Code::InvalidArgument),
             (GatewayError::PermissionDenied("r".into()), Code::PermissionDenied),
             (GatewayError::PayloadTooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
+            (GatewayError::RequestTooLarge { size: 3, limit: 2, payload_limit: 1 }, Code::ResourceExhausted),
             (GatewayError::DeadlineExceeded, Code::DeadlineExceeded),
             (GatewayError::ShuttingDown, Code::Unavailable),
             (GatewayError::Worker { code: Code::NotFound, message: "m".into() }, Code::NotFound),
@@ -113,6 +129,7 @@ mod tests {
             (CallError::Nacked.into(), Code::Unavailable),
             (CallError::Unroutable { route: "r".into() }.into(), Code::Unavailable),
             (CallError::ReplyRejected("nested".into()).into(), Code::Internal),
+            (CallError::ReplyTooLarge { size: 2, limit: 1 }.into(), Code::ResourceExhausted),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error:?}");
@@ -124,5 +141,9 @@ mod tests {
     fn payload_limit_is_in_the_message() {
         let status = Status::from(GatewayError::PayloadTooLarge { size: 2048, limit: 1024 });
         assert!(status.message().contains("1024"), "{}", status.message());
+        let status = Status::from(GatewayError::RequestTooLarge { size: 9999, limit: 2048, payload_limit: 1024 });
+        assert!(status.message().contains("2048") && status.message().contains("1024"), "{}", status.message());
+        let status = Status::from(GatewayError::from(CallError::ReplyTooLarge { size: 9999, limit: 1024 }));
+        assert_eq!(status.message(), "the worker's reply is 9999 bytes, over the gateway's reply limit of 1024 bytes");
     }
 }

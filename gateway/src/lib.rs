@@ -7,8 +7,10 @@
 //!
 //! - [`server`]: assembly. Health and reflection, graceful shutdown, HTTP/2
 //!   serving (`transport`), and the layers around `Process`: [`limit::InFlightLimitLayer`]
-//!   (load shedding) and [`call::CallLayer`] (the call's deadline and
-//!   correlation id, and DEADLINE_EXCEEDED when it passes).
+//!   (load shedding), [`call::CallLayer`] (the call's deadline and
+//!   correlation id, and DEADLINE_EXCEEDED when it passes) and
+//!   [`size::RequestSizeLayer`] (oversized requests refused from their
+//!   length prefix).
 //! - [`auth`]: bearer tokens, checked on every request before any AMQP
 //!   work.
 //! - [`service`]: `Process` itself, where a request enters, is validated
@@ -31,6 +33,7 @@ pub mod limit;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod size;
 pub mod tls;
 mod transport;
 pub mod validate;

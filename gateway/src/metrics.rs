@@ -14,8 +14,9 @@
 //!   `payload_too_large`).
 //! - `gateway_replies_dropped_total`: late or unknown replies discarded.
 //! - `gateway_replies_rejected_total{reason}`: replies that failed their call
-//!   instead of reaching the caller (`headers`: nested too deep or malformed,
-//!   rejected on arrival by the frame guard).
+//!   instead of reaching the caller: `too_large` (over `--max-reply-bytes`),
+//!   `headers` (nested too deep or malformed, rejected on arrival by the frame
+//!   guard).
 //! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
 //!   `gateway_broker_reconnects_total`, `gateway_channel_recoveries_total`.
 //!
@@ -53,7 +54,10 @@ pub struct Stats {
     /// Replies whose headers the frame guard rejected (nested too deep or
     /// malformed); each failed its call.
     pub rejected_headers: AtomicU64,
-    metrics: [Counter; 6],
+    /// Replies over the reply limit, dropped (their call, if still waiting,
+    /// failed with RESOURCE_EXHAUSTED).
+    pub replies_too_large: AtomicU64,
+    metrics: [Counter; 7],
 }
 
 impl Default for Stats {
@@ -66,6 +70,7 @@ impl Default for Stats {
             reconnects: AtomicU64::new(0),
             channel_recoveries: AtomicU64::new(0),
             rejected_headers: AtomicU64::new(0),
+            replies_too_large: AtomicU64::new(0),
             metrics: [
                 metrics::counter!("gateway_replies_dropped_total"),
                 metrics::counter!("gateway_unroutable_total"),
@@ -73,6 +78,7 @@ impl Default for Stats {
                 metrics::counter!("gateway_broker_reconnects_total"),
                 metrics::counter!("gateway_channel_recoveries_total"),
                 metrics::counter!("gateway_replies_rejected_total", "reason" => "headers"),
+                metrics::counter!("gateway_replies_rejected_total", "reason" => "too_large"),
             ],
         }
     }
@@ -106,6 +112,10 @@ impl Stats {
 
     pub(crate) fn rejected_headers(&self) {
         self.bump(5, &self.rejected_headers);
+    }
+
+    pub(crate) fn reply_too_large(&self) {
+        self.bump(6, &self.replies_too_large);
     }
 }
 

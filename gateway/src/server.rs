@@ -22,14 +22,9 @@ use crate::{
     config::Config,
     limit::InFlightLimitLayer,
     service::GatewayService,
+    size::{self, RequestSizeLayer},
     transport::{self, Settings},
 };
-
-/// Room above the payload limit for the rest of a `ProcessRequest` (route,
-/// content type, headers). The transport's decode limit sits above the
-/// configured payload limit so the gateway, not the transport, refuses
-/// oversized payloads, with a clear message.
-const ENVELOPE_ALLOWANCE: usize = 256 * 1024;
 
 /// How long the AMQP connection may take to close after the drain.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,11 +96,14 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let policy =
         DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
     // Shedding first: an overloaded gateway refuses a call before spending
-    // anything on it.
+    // anything on it. The size layer answers an oversized request from its
+    // length prefix; tonic's decode limit, set to the same number, stays
+    // behind it.
+    let max_payload = config.limits.max_payload_bytes;
     let gateway = in_flight.layer(
         CallLayer::new(policy).layer(
-            GatewayServer::new(service)
-                .max_decoding_message_size(config.limits.max_payload_bytes.saturating_add(ENVELOPE_ALLOWANCE)),
+            RequestSizeLayer::new(max_payload)
+                .layer(GatewayServer::new(service).max_decoding_message_size(size::message_limit(max_payload))),
         ),
     );
 

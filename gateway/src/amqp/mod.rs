@@ -69,6 +69,14 @@ pub enum CallError {
     /// malformed): the worker, or whoever published it, broke the contract.
     #[error("the worker's reply headers were rejected: {0}")]
     ReplyRejected(String),
+    /// The worker's reply is over `--max-reply-bytes`; it was dropped.
+    #[error("the worker's reply is {size} bytes, over the gateway's reply limit of {limit} bytes")]
+    ReplyTooLarge {
+        /// Reply body size.
+        size: usize,
+        /// The configured reply limit.
+        limit: usize,
+    },
 }
 
 impl CallError {
@@ -81,6 +89,7 @@ impl CallError {
             Self::Nacked => "nacked",
             Self::Publish(_) => "publish_failed",
             Self::ReplyRejected(_) => "reply_rejected",
+            Self::ReplyTooLarge { .. } => "reply_too_large",
         }
     }
 }

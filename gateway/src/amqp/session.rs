@@ -133,7 +133,7 @@ impl Session {
         }
         let session = Arc::new(Self { connection, slots, next: AtomicUsize::new(0), lost: CancellationToken::new() });
         for (index, consumer) in consumers.into_iter().enumerate() {
-            let task = serve_slot(session.clone(), index, consumer, stats.clone());
+            let task = serve_slot(session.clone(), index, consumer, stats.clone(), config.max_reply_bytes);
             tracker.spawn(task.instrument(tracing::info_span!("replies", channel = index)));
         }
         tracker.spawn(watch_connection(session.clone()).instrument(tracing::info_span!("connection-events")));
@@ -183,10 +183,10 @@ impl Session {
 /// their calls, and when the broker closes the channel while the connection
 /// stays up, fails the channel's waiting calls (their replies cannot arrive)
 /// and reopens it. A failed connection ends the session instead.
-async fn serve_slot(session: Arc<Session>, index: usize, mut consumer: Consumer, stats: Arc<Stats>) {
+async fn serve_slot(session: Arc<Session>, index: usize, mut consumer: Consumer, stats: Arc<Stats>, max_reply: usize) {
     let mut slot = session.slots[index].read().clone();
     loop {
-        let reason = route_replies(&mut consumer, &slot.pending, &stats, &session.lost).await;
+        let reason = route_replies(&mut consumer, &slot.pending, &stats, max_reply, &session.lost).await;
         slot.closed.cancel();
         let failed = slot.pending.fail_all(|| CallError::ConnectionLost);
         if session.is_lost() {
@@ -224,6 +224,7 @@ async fn route_replies(
     consumer: &mut Consumer,
     pending: &PendingTable,
     stats: &Stats,
+    max_reply: usize,
     lost: &CancellationToken,
 ) -> String {
     loop {
@@ -232,16 +233,34 @@ async fn route_replies(
             () = lost.cancelled() => return "session lost".into(),
         };
         match delivery {
-            Some(Ok(delivery)) => dispatch(delivery, pending, stats),
+            Some(Ok(delivery)) => dispatch(delivery, pending, stats, max_reply),
             Some(Err(error)) => return error.to_string(),
             None => return "the reply consumer ended".into(),
         }
     }
 }
 
-fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats) {
+fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply: usize) {
     let properties = delivery.properties;
     let id = properties.correlation_id().as_ref().and_then(|id| Uuid::try_parse(id.as_str()).ok());
+    let size = delivery.data.len();
+    if size > max_reply {
+        // lapin hands over a delivery only once its whole body is in memory,
+        // so the gateway cannot refuse it sooner; it frees the body here, at
+        // once, instead of holding it until the caller has read it.
+        drop(delivery.data);
+        stats.reply_too_large();
+        let failed =
+            id.is_some_and(|id| pending.complete(&id, Err(CallError::ReplyTooLarge { size, limit: max_reply })));
+        tracing::warn!(
+            correlation_id = ?properties.correlation_id(),
+            size,
+            limit = max_reply,
+            failed,
+            "dropped a reply over the reply limit"
+        );
+        return;
+    }
     // The frame guard replaced headers lapin could not safely parse: the
     // reply fails its own call, and nothing else.
     let outcome = match wire::headers_rejected(properties.headers().as_ref()) {
