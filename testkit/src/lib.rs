@@ -10,6 +10,7 @@
 
 pub mod load;
 pub mod otlp;
+pub mod raw_amqp;
 pub mod scrape;
 
 use std::{
