@@ -151,7 +151,7 @@ pub(crate) async fn serve<S>(
             let handshake = async {
                 match &tls {
                     None => Ok(Io::Plain(read_preface(stream).await?)),
-                    Some(tls) => Ok(Io::Tls(read_preface(tls.accept(stream).await?).await?)),
+                    Some(tls) => Ok(Io::Tls(Box::new(read_preface(tls.accept(stream).await?).await?))),
                 }
             };
             let io = tokio::select! {
@@ -179,10 +179,11 @@ pub(crate) async fn serve<S>(
     graceful.shutdown().await;
 }
 
-/// A connection after its handshake.
+/// A connection after its handshake (TLS state is large: boxed, so a
+/// plaintext connection's task does not carry its room).
 enum Io {
     Plain(Prefaced<tokio::net::TcpStream>),
-    Tls(Prefaced<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    Tls(Box<Prefaced<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>),
 }
 
 /// Reads the first [`PREFACE_LEN`] bytes of `io` (hyper checks them) and
