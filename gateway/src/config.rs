@@ -100,6 +100,31 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
     pub max_concurrent_streams: u32,
 
+    /// Most client connections open at once; connections beyond it are
+    /// closed as soon as they are accepted (keep it below `ulimit -n`).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// How long a new connection may take to finish the TLS handshake and
+    /// send the HTTP/2 preface before it is closed.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Largest HTTP/2 header block (all request headers, as HPACK counts
+    /// them) a client may send; larger requests are refused.
+    #[arg(long, env = "GATEWAY_MAX_HEADER_LIST_SIZE", default_value_t = 16 * 1024)]
+    pub max_header_list_size: u32,
+
+    /// Interval of the HTTP/2 PINGs that find dead or stalled clients (`0s`:
+    /// off).
+    #[arg(long, env = "GATEWAY_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a client has to answer a keep-alive PING before its
+    /// connection is closed.
+    #[arg(long, env = "GATEWAY_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
     /// AMQP channels used to publish requests (each with its own direct
     /// reply-to consumer).
     #[arg(long, env = "GATEWAY_CHANNELS", default_value_t = 2)]
@@ -208,8 +233,8 @@ pub struct Config {
     pub limits: Limits,
     /// Most `Process` calls in flight.
     pub max_in_flight: usize,
-    /// Most concurrent streams per client connection.
-    pub max_concurrent_streams: u32,
+    /// Limits on client connections.
+    pub connections: ConnectionLimits,
     /// TLS for the gRPC port (None: plaintext h2c).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Caller tokens (empty: authentication off).
@@ -218,6 +243,24 @@ pub struct Config {
     pub open_probes: bool,
     /// Drain period on shutdown.
     pub shutdown_grace: Duration,
+}
+
+/// Limits on client connections and their HTTP/2 sessions: what one client
+/// can hold of the gateway's sockets and memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Time allowed for the TLS handshake and the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    /// Largest request header block.
+    pub max_header_list_size: u32,
+    /// Keep-alive PING interval (None: off).
+    pub keepalive_interval: Option<Duration>,
+    /// Time allowed for a PING's answer.
+    pub keepalive_timeout: Duration,
 }
 
 /// Broker connection settings.
@@ -301,13 +344,21 @@ impl Args {
             ("channels", self.channels),
             ("max-payload-bytes", self.max_payload_bytes),
             ("max-reply-bytes", max_reply_bytes),
+            ("max-connections", self.max_connections),
+            ("max-header-list-size", self.max_header_list_size as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if self.default_timeout.is_zero() {
-            return Err(ConfigError::Zero("default-timeout"));
+        for (name, value) in [
+            ("default-timeout", self.default_timeout),
+            ("handshake-timeout", self.handshake_timeout),
+            ("keepalive-timeout", self.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
         }
         if self.default_timeout > self.max_timeout {
             return Err(ConfigError::Timeouts { default: self.default_timeout, max: self.max_timeout });
@@ -330,7 +381,14 @@ impl Args {
                 max_header_bytes: self.max_header_bytes,
             },
             max_in_flight: self.max_in_flight,
-            max_concurrent_streams: self.max_concurrent_streams,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                max_concurrent_streams: self.max_concurrent_streams,
+                handshake_timeout: self.handshake_timeout,
+                max_header_list_size: self.max_header_list_size,
+                keepalive_interval: Some(self.keepalive_interval).filter(|i| !i.is_zero()),
+                keepalive_timeout: self.keepalive_timeout,
+            },
             tls,
             tokens,
             open_probes: !self.auth_probes,
@@ -383,6 +441,49 @@ mod tests {
     fn zero_limits_are_refused() {
         assert_eq!(args(&["--max-in-flight", "0"]).into_config().unwrap_err(), ConfigError::Zero("max-in-flight"));
         assert_eq!(args(&["--channels", "0"]).into_config().unwrap_err(), ConfigError::Zero("channels"));
+    }
+
+    #[test]
+    fn connection_limits() {
+        let defaults = args(&[]).into_config().unwrap().connections;
+        assert_eq!(
+            defaults,
+            ConnectionLimits {
+                max_connections: 10_000,
+                max_concurrent_streams: 1000,
+                handshake_timeout: Duration::from_secs(10),
+                max_header_list_size: 16 * 1024,
+                keepalive_interval: Some(Duration::from_secs(60)),
+                keepalive_timeout: Duration::from_secs(20),
+            }
+        );
+        let set = args(&[
+            "--max-connections",
+            "50",
+            "--handshake-timeout",
+            "500ms",
+            "--max-header-list-size",
+            "8192",
+            "--keepalive-interval",
+            "0s",
+            "--keepalive-timeout",
+            "2s",
+        ])
+        .into_config()
+        .unwrap()
+        .connections;
+        assert_eq!((set.max_connections, set.max_header_list_size), (50, 8192));
+        assert_eq!(set.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(set.keepalive_interval, None, "0s turns keep-alive off");
+        assert_eq!(set.keepalive_timeout, Duration::from_secs(2));
+        for (flag, value, name) in [
+            ("--max-connections", "0", "max-connections"),
+            ("--handshake-timeout", "0s", "handshake-timeout"),
+            ("--max-header-list-size", "0", "max-header-list-size"),
+            ("--keepalive-timeout", "0s", "keepalive-timeout"),
+        ] {
+            assert_eq!(args(&[flag, value]).into_config().unwrap_err(), ConfigError::Zero(name), "{flag}");
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //!   guard).
 //! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
 //!   `gateway_broker_reconnects_total`, `gateway_channel_recoveries_total`.
+//! - `gateway_connections_open`, `gateway_connections_refused_total` (at
+//!   `--max-connections`), `gateway_handshake_timeouts_total` (closed at
+//!   `--handshake-timeout`).
 //!
 //! Handles are looked up once (per route and code at start-up), so recording
 //! on the call path is an atomic add, with no label formatting.
@@ -129,6 +132,28 @@ pub(crate) fn in_flight_metrics() -> (Gauge, Counter) {
     (metrics::gauge!("gateway_calls_in_flight"), metrics::counter!("gateway_calls_shed_total"))
 }
 
+/// Client connection metrics.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionMetrics {
+    /// Connections open now.
+    pub(crate) open: Gauge,
+    /// Connections closed at once because `--max-connections` were open.
+    pub(crate) refused: Counter,
+    /// Connections closed because the handshake did not finish in time.
+    pub(crate) handshake_timeouts: Counter,
+}
+
+impl ConnectionMetrics {
+    pub(crate) fn new() -> Self {
+        describe();
+        Self {
+            open: metrics::gauge!("gateway_connections_open"),
+            refused: metrics::counter!("gateway_connections_refused_total"),
+            handshake_timeouts: metrics::counter!("gateway_handshake_timeouts_total"),
+        }
+    }
+}
+
 /// Per-route call counters and latency.
 #[derive(Debug)]
 pub struct CallMetrics {
@@ -193,4 +218,10 @@ fn describe() {
     describe_counter!("gateway_publish_nacks_total", "Requests the broker refused (nack)");
     describe_counter!("gateway_broker_reconnects_total", "Broker sessions re-established after a loss");
     describe_counter!("gateway_channel_recoveries_total", "Channels reopened after the broker closed them");
+    describe_gauge!("gateway_connections_open", "Client connections open now");
+    describe_counter!("gateway_connections_refused_total", "Client connections closed at once: --max-connections open");
+    describe_counter!(
+        "gateway_handshake_timeouts_total",
+        "Client connections closed: no TLS handshake or HTTP/2 preface within --handshake-timeout"
+    );
 }

@@ -114,7 +114,7 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
         .prepare();
     // Authentication first: nothing else runs for a caller without a token.
     let routes = AuthLayer::new(config.tokens.clone(), config.open_probes).layer(routes);
-    let settings = Settings { max_concurrent_streams: config.max_concurrent_streams, tls: config.tls.clone() };
+    let settings = Settings { limits: config.connections.clone(), tls: config.tls.clone() };
 
     let grace = config.shutdown_grace;
     let task_client = client.clone();
