@@ -14,22 +14,25 @@
 #      limit tries first, so a machine without access to GitHub falls through
 #      in seconds instead of hanging; the fetch itself gets 5 minutes.
 #   2. Otherwise a snapshot: ADVISORY_DB_SNAPSHOT, by default
-#      ../shared/rustsec-advisory-db.tar.gz beside the repository. It is a
+#      ../shared/rustsec-advisory-db.tar.gz beside the repository, or beside
+#      the repository this one was cloned from when that is a local directory
+#      (so a fresh `git clone /work/main /tmp/check` finds it too). It is a
 #      tar.gz of a git clone of advisory-db (one top directory holding .git and
 #      crates/), extracted into a temporary directory for the check. Advisories
 #      published after its newest commit are not checked: the date is printed,
 #      with a warning once it is older than cargo-deny's 90 days.
-#   3. Otherwise the check fails: the test command is meant to check
-#      advisories, and a silent skip would look like a pass. Set
-#      ADVISORY_DB_OPTIONAL=1 to skip it with a warning instead.
+#   3. Otherwise the check is skipped with a loud warning saying so (the
+#      test command still runs everything else): a machine with neither
+#      GitHub nor the snapshot cannot check advisories at all. Set
+#      ADVISORY_DB_REQUIRED=1 to make that a failure (release pipelines).
 #
 # Environment:
 #   ADVISORY_DB_SNAPSHOT  the snapshot to use when no fresh database can be
 #                         fetched (default: ../shared/rustsec-advisory-db.tar.gz
 #                         beside the repository)
 #   ADVISORY_DB_FETCH=0   do not try to fetch; use the snapshot
-#   ADVISORY_DB_OPTIONAL=1  when neither a fetch nor a snapshot is possible,
-#                         warn and skip the check instead of failing
+#   ADVISORY_DB_REQUIRED=1  when neither a fetch nor a snapshot is possible,
+#                         fail instead of warning
 #
 # Needs: cargo-deny (scripts/test.sh installs 0.20.2), git, tar.
 set -euo pipefail
@@ -40,7 +43,15 @@ SNAPSHOT=${ADVISORY_DB_SNAPSHOT:-}
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd -P)
-SNAPSHOT=${SNAPSHOT:-$ROOT/../shared/rustsec-advisory-db.tar.gz}
+SNAPSHOT_NAME=shared/rustsec-advisory-db.tar.gz
+if [[ -z "$SNAPSHOT" ]]; then
+    SNAPSHOT=$ROOT/../$SNAPSHOT_NAME
+    origin=$(git remote get-url origin 2>/dev/null || true)
+    origin=${origin#file://}
+    if [[ ! -f "$SNAPSHOT" && "$origin" == /* && -d "$origin" ]]; then
+        SNAPSHOT=$(cd "$origin/.." && pwd -P)/$SNAPSHOT_NAME
+    fi
+fi
 
 die() {
     printf 'check-advisories.sh: error: %s\n' "$*" >&2
@@ -168,10 +179,10 @@ fi
 
 # 3. Neither.
 msg="no advisory database: $not_fetched, and there is no snapshot at $SNAPSHOT"
-if [[ "${ADVISORY_DB_OPTIONAL:-0}" == 1 ]]; then
-    warn "$msg.
-  ADVISORY_DB_OPTIONAL=1: dependency advisories are NOT checked."
-    exit 0
+if [[ "${ADVISORY_DB_REQUIRED:-0}" == 1 ]]; then
+    die "$msg (ADVISORY_DB_REQUIRED=1).
+  Set ADVISORY_DB_SNAPSHOT to a tar.gz of an advisory-db git clone."
 fi
-die "$msg.
-  Set ADVISORY_DB_SNAPSHOT to a tar.gz of an advisory-db git clone, or ADVISORY_DB_OPTIONAL=1 to skip the check."
+warn "$msg.
+  Dependency advisories are NOT checked. Set ADVISORY_DB_SNAPSHOT to a tar.gz of an
+  advisory-db git clone, or run where github.com is reachable."

