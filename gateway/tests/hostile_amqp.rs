@@ -133,8 +133,11 @@ async fn the_worker_answers_the_deepest_headers_once_and_keeps_serving() {
         .unwrap();
     assert_eq!((queue.message_count(), queue.consumer_count()), (0, 1));
     assert_eq!(metric(metrics, &format!("worker_headers_rejected_total{{route=\"{route}\"}}")).await, 2.0);
-    let taken = testkit::scrape::total(&testkit::scrape::metrics(metrics).await, "worker_messages_total");
-    assert_eq!(taken, 4.0, "a message was taken more than once");
+    // Outcomes are counted just after each reply is confirmed: wait for the
+    // fourth, then no message may have been taken twice.
+    let taken = || async { testkit::scrape::total(&testkit::scrape::metrics(metrics).await, "worker_messages_total") };
+    testkit::eventually("four outcomes counted", ANSWERED, || async { taken().await >= 4.0 }).await;
+    assert_eq!(taken().await, 4.0, "a message was taken more than once");
     assert!(worker.terminate(Duration::from_secs(20)).await.success(), "{}", worker.log());
     assert!(worker.log().contains("refusing a request whose headers were rejected"), "{}", worker.log());
 }
