@@ -1,7 +1,8 @@
 //! Hostile AMQP input against the real binaries and the real broker: message
 //! headers nested as deep as the negotiated frame size lets one content header
 //! carry (about 26,000 levels at RabbitMQ's default `frame_max`), as tables and
-//! as arrays, published byte for byte by `testkit::raw_amqp`. Before the frame
+//! as arrays, and routing keys that are not UTF-8, published byte for byte by
+//! `testkit::raw_amqp`. Before the frame
 //! guard (`amqp_gateway::broker::guard`), one such message aborted the worker
 //! consuming it (and every worker after it, through redelivery), and one such
 //! reply aborted the gateway with every call in flight on it.
@@ -18,7 +19,7 @@ use amqp_gateway::{
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use testkit::{
@@ -223,4 +224,71 @@ async fn the_gateway_fails_only_the_call_whose_reply_nests_too_deep() {
     assert_eq!(metric(metrics, "gateway_pending_calls").await, 0.0);
     assert!(gateway.log().contains("a reply's headers were rejected on arrival"), "{}", gateway.log());
     worker.abort();
+}
+
+#[tokio::test]
+async fn a_routing_key_that_is_not_utf8_is_delivered_readably() {
+    // RabbitMQ passes any bytes as a routing key through a topic exchange;
+    // lapin refuses a delivery whose routing key is not UTF-8 and drops the
+    // connection, so before the guard the message came back for ever.
+    let url = testkit::amqp_url();
+    let route = testkit::unique("hostile-key");
+    let metrics = testkit::free_addr();
+    let mut worker = Process::spawn(
+        "worker",
+        &["--route", &route, "--durable", "false", "--queue-type", "classic", "--metrics-listen", &metrics.to_string()],
+        &[("AMQP_URL", url.as_str())],
+    );
+    logged(&worker, "consuming").await;
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let binding = format!("{route}.#");
+    channel
+        .queue_bind(
+            route.as_str().into(),
+            "amq.topic".into(),
+            binding.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let replies = channel
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    let reply_to = replies.name().as_str().to_owned();
+    let mut consumer = channel
+        .basic_consume(replies.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+
+    let mut publisher = RawPublisher::connect(&url).await;
+    let key = [route.as_bytes(), b".\xff\xfe"].concat();
+    publisher.publish("amq.topic", &key, &properties("bad-key", &reply_to, None), b"bad-key").await;
+    publisher
+        .publish("amq.topic", format!("{route}.fine"), &properties("good-key", &reply_to, None), b"good-key")
+        .await;
+    publisher.close().await;
+
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        let delivery = tokio::time::timeout(ANSWERED, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {answered:?} answered; worker log:\n{}", worker.log()))
+            .unwrap()
+            .unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let (code, message) = wire::decode_status(delivery.properties.headers().as_ref());
+        assert_eq!(code, Code::Ok, "{message}");
+        answered.push(String::from_utf8(delivery.data).unwrap());
+    }
+    answered.sort();
+    assert_eq!(answered, ["bad-key", "good-key"]);
+    let taken = || async { testkit::scrape::total(&testkit::scrape::metrics(metrics).await, "worker_messages_total") };
+    testkit::eventually("two outcomes counted", ANSWERED, || async { taken().await >= 2.0 }).await;
+    assert_eq!(taken().await, 2.0, "a message was taken more than once");
+    let reconnects = format!("worker_broker_reconnects_total{{route=\"{route}\"}}");
+    assert_eq!(metric(metrics, &reconnects).await, 0.0, "the worker lost its connection");
+    assert!(worker.terminate(Duration::from_secs(20)).await.success(), "{}", worker.log());
 }

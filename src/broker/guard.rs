@@ -12,6 +12,13 @@
 //! the message is then redelivered to the next consumer, which fails the same
 //! way, for ever.
 //!
+//! The same goes for the exchange and routing key of a delivery
+//! (`basic.deliver`, `basic.return`, `basic.get-ok`): lapin requires them to
+//! be UTF-8, RabbitMQ passes whatever a publisher chose through topic and
+//! fanout exchanges, so one message with a routing key of `0xff` wedges every
+//! consumer of a queue bound there. Such keys are replaced by their lossy
+//! UTF-8 form (U+FFFD for each bad sequence), and the message is delivered.
+//!
 //! The guard walks each content header without recursion (an explicit stack
 //! of end offsets), so its own cost is bounded by the frame's size whatever
 //! the nesting. A header that lapin could not safely parse is rewritten: the
@@ -101,11 +108,16 @@ pub enum Verdict {
 /// frame-end octet). Only `basic` content headers are looked into; everything
 /// else passes.
 pub fn check_frame(frame: &[u8]) -> Verdict {
-    if frame.len() < FRAME_HEADER_LEN + 1 || frame[0] != FRAME_HEADER {
+    if frame.len() < FRAME_HEADER_LEN + 1 {
         return Verdict::Pass;
     }
     let payload = &frame[FRAME_HEADER_LEN..frame.len() - 1];
-    match check_content_header(payload) {
+    let checked = match frame[0] {
+        FRAME_HEADER => check_content_header(payload),
+        FRAME_METHOD => check_delivery_method(payload),
+        _ => None,
+    };
+    match checked {
         None => Verdict::Pass,
         Some((payload, reason)) => {
             let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len() + 1);
@@ -116,6 +128,87 @@ pub fn check_frame(frame: &[u8]) -> Verdict {
             Verdict::Rewrite { frame: out, reason }
         }
     }
+}
+
+/// Whether the frame of type `kind` is one [`check_frame`] may rewrite, so
+/// the stream must hold it whole before passing it on.
+pub fn is_checked(kind: u8) -> bool {
+    kind == FRAME_HEADER || kind == FRAME_METHOD
+}
+
+/// A field of a method's argument list, as far as the check needs to know.
+#[derive(Clone, Copy)]
+enum Field {
+    /// A short string: lapin requires UTF-8.
+    Short,
+    /// So many bytes of something else.
+    Fixed(usize),
+}
+
+/// The `basic` methods that carry a message: their exchange and routing key
+/// are whatever the publisher chose, and RabbitMQ passes non-UTF-8 routing
+/// keys through topic and fanout exchanges unchanged.
+fn delivery_fields(method: u16) -> Option<&'static [Field]> {
+    use Field::{Fixed, Short};
+    match method {
+        // basic.return: reply-code, reply-text, exchange, routing-key.
+        50 => Some(&[Fixed(2), Short, Short, Short]),
+        // basic.deliver: consumer-tag, delivery-tag, redelivered, exchange, routing-key.
+        60 => Some(&[Short, Fixed(8), Fixed(1), Short, Short]),
+        // basic.get-ok: delivery-tag, redelivered, exchange, routing-key, message-count.
+        71 => Some(&[Fixed(8), Fixed(1), Short, Short, Fixed(4)]),
+        _ => None,
+    }
+}
+
+/// Checks a method frame's payload; `None` when lapin can parse it, else the
+/// method re-encoded with every short string that is not UTF-8 replaced by
+/// its lossy UTF-8 form (cut to 255 bytes), and why. Structural problems are
+/// left to lapin, which closes the connection on them as it always did.
+fn check_delivery_method(payload: &[u8]) -> Option<(Vec<u8>, Cow<'static, str>)> {
+    let ids = payload.get(..4)?;
+    if u16::from_be_bytes([ids[0], ids[1]]) != CLASS_BASIC {
+        return None;
+    }
+    let fields = delivery_fields(u16::from_be_bytes([ids[2], ids[3]]))?;
+    // First pass: find the spans; most frames stop here.
+    let mut spans = Vec::with_capacity(fields.len());
+    let mut pos = 4;
+    let mut bad = false;
+    for field in fields {
+        let end = match field {
+            Field::Fixed(n) => pos + n,
+            Field::Short => pos + 1 + usize::from(*payload.get(pos)?),
+        };
+        let bytes = payload.get(pos..end)?;
+        if matches!(field, Field::Short) && std::str::from_utf8(&bytes[1..]).is_err() {
+            bad = true;
+        }
+        spans.push((*field, pos..end));
+        pos = end;
+    }
+    if !bad {
+        return None;
+    }
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    out.extend_from_slice(ids);
+    for (field, range) in spans {
+        let bytes = &payload[range];
+        match field {
+            Field::Short if std::str::from_utf8(&bytes[1..]).is_err() => {
+                let lossy = String::from_utf8_lossy(&bytes[1..]);
+                let mut cut = lossy.len().min(255);
+                while !lossy.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.push(u8::try_from(cut).unwrap_or(u8::MAX));
+                out.extend_from_slice(&lossy.as_bytes()[..cut]);
+            }
+            _ => out.extend_from_slice(bytes),
+        }
+    }
+    out.extend_from_slice(&payload[pos..]);
+    Some((out, "exchange or routing key is not UTF-8".into()))
 }
 
 /// Checks a content header's payload; `None` when lapin can parse it safely,
@@ -413,6 +506,50 @@ mod tests {
                 assert_eq!(properties.reply_to().as_ref().map(|s| s.as_str()), Some("reply"), "{want}");
             }
         }
+    }
+
+    fn method_frame(method: u16, args: &[u8]) -> Vec<u8> {
+        let mut payload = CLASS_BASIC.to_be_bytes().to_vec();
+        payload.extend_from_slice(&method.to_be_bytes());
+        payload.extend_from_slice(args);
+        let mut frame = vec![FRAME_METHOD, 0, 1];
+        frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.push(FRAME_END);
+        frame
+    }
+
+    #[test]
+    fn deliveries_with_routing_keys_lapin_would_refuse_are_made_readable() {
+        use amq_protocol::{
+            frame::{AMQPFrame, parse_frame},
+            protocol::{AMQPClass, basic::AMQPMethod},
+        };
+        let deliver = |routing_key: &[u8]| {
+            let args = [short(b"ctag"), 7u64.to_be_bytes().to_vec(), vec![1], short(b"amq.topic"), short(routing_key)]
+                .concat();
+            method_frame(60, &args)
+        };
+        let good = deliver(b"orders.created");
+        assert_eq!(check_frame(&good), Verdict::Pass);
+        let Verdict::Rewrite { frame, reason } = check_frame(&deliver(&[b'a', 0xff, b'b'])) else { panic!() };
+        assert!(reason.contains("routing key"), "{reason}");
+        let Ok((_, AMQPFrame::Method(1, AMQPClass::Basic(AMQPMethod::Deliver(deliver))))) = parse_frame(&frame[..])
+        else {
+            panic!("lapin cannot parse the rewrite")
+        };
+        assert_eq!(deliver.routing_key.as_str(), "a\u{fffd}b");
+        assert_eq!((deliver.delivery_tag, deliver.redelivered), (7, true));
+        // 255 invalid bytes become 255 replacement characters: cut to fit.
+        let Verdict::Rewrite { frame, .. } = check_frame(&deliver(&[0xff; 255])) else { panic!() };
+        assert!(matches!(parse_frame(&frame[..]), Ok((_, AMQPFrame::Method(..)))));
+        // basic.return and basic.get-ok too.
+        let returned = [vec![0, 1], short(b"NO_ROUTE"), short(b""), short(&[0xc3])].concat();
+        assert!(matches!(check_frame(&method_frame(50, &returned)), Verdict::Rewrite { .. }));
+        let get_ok = [vec![0; 9], short(b""), short(&[0xc3]), vec![0; 4]].concat();
+        assert!(matches!(check_frame(&method_frame(71, &get_ok)), Verdict::Rewrite { .. }));
+        // Other methods are lapin's business.
+        assert_eq!(check_frame(&method_frame(80, &[0; 9])), Verdict::Pass);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use lapin::{
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::Instrument;
 
-use super::guard::{self, FRAME_HEADER, FRAME_HEADER_LEN, Verdict};
+use super::guard::{self, FRAME_HEADER_LEN, Verdict};
 
 /// The stream type lapin's tokio runtime works with.
 type Stream = AsyncTcpStream<<Tokio as Reactor>::TcpStream>;
@@ -132,7 +132,7 @@ impl<S> GuardedStream<S> {
             }
             let size = u32::from_be_bytes([available[3], available[4], available[5], available[6]]);
             let total = usize::try_from(size).unwrap_or(usize::MAX).saturating_add(FRAME_HEADER_LEN + 1);
-            if available[0] != FRAME_HEADER || total > MAX_CHECKED_FRAME {
+            if !guard::is_checked(available[0]) || total > MAX_CHECKED_FRAME {
                 self.output.extend_from_slice(&available[..FRAME_HEADER_LEN]);
                 self.start += FRAME_HEADER_LEN;
                 self.passthrough = total - FRAME_HEADER_LEN;
@@ -243,7 +243,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::guard::FRAME_END;
+    use crate::broker::guard::{FRAME_END, FRAME_HEADER};
 
     /// A reader that yields `chunks` one per read (split further when the
     /// caller's buffer is smaller), then EOF.

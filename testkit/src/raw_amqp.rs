@@ -92,11 +92,12 @@ impl RawPublisher {
     /// Publishes `body` with `properties` (the flags word and the encoded
     /// property list, as [`properties`] builds them) and waits until the
     /// broker confirms it.
-    pub async fn publish(&mut self, exchange: &str, routing_key: &str, properties: &[u8], body: &[u8]) {
+    /// The routing key is raw bytes: it need not be UTF-8.
+    pub async fn publish(&mut self, exchange: &str, routing_key: impl AsRef<[u8]>, properties: &[u8], body: &[u8]) {
         let mut publish = method(60, 40);
         publish.extend_from_slice(&0u16.to_be_bytes());
         publish.extend_from_slice(&short(exchange.as_bytes()));
-        publish.extend_from_slice(&short(routing_key.as_bytes()));
+        publish.extend_from_slice(&short(routing_key.as_ref()));
         publish.push(0); // not mandatory, not immediate
         self.send(1, 1, &publish).await;
         let mut header = Vec::with_capacity(12 + properties.len());
