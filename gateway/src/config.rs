@@ -7,7 +7,10 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use amqp_gateway::broker::{AmqpUrl, Broker, InvalidUrl};
+use amqp_gateway::{
+    broker::{AmqpUrl, Broker, InvalidUrl},
+    wire::SHORT_STRING_MAX,
+};
 
 use crate::auth::Tokens;
 use clap::Parser;
@@ -174,7 +177,7 @@ pub enum ConfigError {
     AmqpUrl(#[from] InvalidUrl),
     /// A route name is empty, too long for an AMQP routing key, or has
     /// characters outside `A-Z a-z 0-9 . _ : -`.
-    #[error("invalid route {0:?}: a route is 1 to 255 of A-Z a-z 0-9 . _ : -")]
+    #[error("invalid route {0:?}: a route is 1 to {SHORT_STRING_MAX} of A-Z a-z 0-9 . _ : -")]
     Route(String),
     /// The AMQP CA file could not be read.
     #[error("cannot read the AMQP CA file {path}: {reason}")]
@@ -219,7 +222,8 @@ pub enum ConfigError {
 
 /// Route names: what a routing key and a Prometheus label carry safely.
 fn valid_route(route: &str) -> bool {
-    (1..=255).contains(&route.len()) && route.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+    (1..=SHORT_STRING_MAX).contains(&route.len())
+        && route.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
 }
 
 /// Validated gateway configuration.

@@ -60,12 +60,25 @@ pub struct Stats {
     /// Replies over the reply limit, dropped (their call, if still waiting,
     /// failed with RESOURCE_EXHAUSTED).
     pub replies_too_large: AtomicU64,
-    metrics: [Counter; 7],
+    metrics: StatsMetrics,
+}
+
+/// The Prometheus side of [`Stats`], one named handle per counter.
+#[derive(Debug)]
+struct StatsMetrics {
+    unknown_replies: Counter,
+    unroutable: Counter,
+    nacks: Counter,
+    reconnects: Counter,
+    channel_recoveries: Counter,
+    rejected_headers: Counter,
+    replies_too_large: Counter,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         describe();
+        let rejected = |reason: &'static str| metrics::counter!("gateway_replies_rejected_total", "reason" => reason);
         Self {
             unknown_replies: AtomicU64::new(0),
             unroutable: AtomicU64::new(0),
@@ -74,51 +87,52 @@ impl Default for Stats {
             channel_recoveries: AtomicU64::new(0),
             rejected_headers: AtomicU64::new(0),
             replies_too_large: AtomicU64::new(0),
-            metrics: [
-                metrics::counter!("gateway_replies_dropped_total"),
-                metrics::counter!("gateway_unroutable_total"),
-                metrics::counter!("gateway_publish_nacks_total"),
-                metrics::counter!("gateway_broker_reconnects_total"),
-                metrics::counter!("gateway_channel_recoveries_total"),
-                metrics::counter!("gateway_replies_rejected_total", "reason" => "headers"),
-                metrics::counter!("gateway_replies_rejected_total", "reason" => "too_large"),
-            ],
+            metrics: StatsMetrics {
+                unknown_replies: metrics::counter!("gateway_replies_dropped_total"),
+                unroutable: metrics::counter!("gateway_unroutable_total"),
+                nacks: metrics::counter!("gateway_publish_nacks_total"),
+                reconnects: metrics::counter!("gateway_broker_reconnects_total"),
+                channel_recoveries: metrics::counter!("gateway_channel_recoveries_total"),
+                rejected_headers: rejected("headers"),
+                replies_too_large: rejected("too_large"),
+            },
         }
     }
 }
 
-impl Stats {
-    fn bump(&self, i: usize, atomic: &AtomicU64) {
-        atomic.fetch_add(1, Ordering::Relaxed);
-        self.metrics[i].increment(1);
-    }
+/// Counts one event in its in-process counter and its Prometheus counter.
+fn count(atomic: &AtomicU64, counter: &Counter) {
+    atomic.fetch_add(1, Ordering::Relaxed);
+    counter.increment(1);
+}
 
+impl Stats {
     pub(crate) fn unknown_reply(&self) {
-        self.bump(0, &self.unknown_replies);
+        count(&self.unknown_replies, &self.metrics.unknown_replies);
     }
 
     pub(crate) fn unroutable(&self) {
-        self.bump(1, &self.unroutable);
+        count(&self.unroutable, &self.metrics.unroutable);
     }
 
     pub(crate) fn nack(&self) {
-        self.bump(2, &self.nacks);
+        count(&self.nacks, &self.metrics.nacks);
     }
 
     pub(crate) fn reconnect(&self) {
-        self.bump(3, &self.reconnects);
+        count(&self.reconnects, &self.metrics.reconnects);
     }
 
     pub(crate) fn channel_recovered(&self) {
-        self.bump(4, &self.channel_recoveries);
+        count(&self.channel_recoveries, &self.metrics.channel_recoveries);
     }
 
     pub(crate) fn rejected_headers(&self) {
-        self.bump(5, &self.rejected_headers);
+        count(&self.rejected_headers, &self.metrics.rejected_headers);
     }
 
     pub(crate) fn reply_too_large(&self) {
-        self.bump(6, &self.replies_too_large);
+        count(&self.replies_too_large, &self.metrics.replies_too_large);
     }
 }
 
