@@ -1,10 +1,12 @@
-//! The gateway's numbers: counters readable in-process ([`Stats`],
-//! [`CallMetrics`]) and the same events as Prometheus metrics, served on
-//! `--metrics-listen`.
+//! The gateway's numbers: counters readable in-process ([`Stats`]) and the
+//! same events as Prometheus metrics, served on `--metrics-listen`
+//! ([`ProcessMetrics`], [`Rejections`] and the handles below).
 //!
 //! Metrics:
 //! - `gateway_calls_total{route, code}`: finished `Process` calls by gRPC
-//!   status code (`route="(invalid)"` for requests naming no allowed route).
+//!   status code (`route="(invalid)"` for requests naming no allowed route),
+//!   recorded by the request context layer (`context`), which alone sees
+//!   every way a call ends.
 //! - `gateway_call_duration_seconds{route}`: call latency.
 //! - `gateway_calls_in_flight`, `gateway_calls_shed_total`: the in-flight
 //!   limit.
@@ -23,18 +25,24 @@
 //!   `--max-connections`), `gateway_handshake_timeouts_total` (closed at
 //!   `--handshake-timeout`).
 //!
-//! Handles are looked up once (per route and code at start-up), so recording
-//! on the call path is an atomic add, with no label formatting.
+//! Handles are looked up once, when the server is assembled (per route and
+//! code, per rejection reason), so recording on the call path is an atomic
+//! add, with no label formatting or registry lookup.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use amqp_gateway::wire;
 use metrics::{Counter, Gauge, Histogram};
 use tonic::Code;
+
+use crate::error::{GatewayError, Rejection};
 
 /// Label of calls whose route is not allowed: caller input never becomes a
 /// label value, so a bad caller cannot grow the metrics without bound.
@@ -168,9 +176,55 @@ impl ConnectionMetrics {
     }
 }
 
-/// Per-route call counters and latency.
+/// `gateway_rejected_requests_total{reason}`, one handle per reason
+/// ([`GatewayError::rejection`]); cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Rejections(Arc<RejectionCounters>);
+
 #[derive(Debug)]
-pub struct CallMetrics {
+struct RejectionCounters {
+    unauthenticated: Counter,
+    permission_denied: Counter,
+    invalid_argument: Counter,
+    payload_too_large: Counter,
+}
+
+impl Rejections {
+    /// Looks the handles up.
+    pub fn new() -> Self {
+        describe();
+        let counter =
+            |reason: Rejection| metrics::counter!("gateway_rejected_requests_total", "reason" => reason.label());
+        Self(Arc::new(RejectionCounters {
+            unauthenticated: counter(Rejection::Unauthenticated),
+            permission_denied: counter(Rejection::PermissionDenied),
+            invalid_argument: counter(Rejection::InvalidArgument),
+            payload_too_large: counter(Rejection::PayloadTooLarge),
+        }))
+    }
+
+    /// Counts `error` if it refused a request before any AMQP work.
+    pub fn count(&self, error: &GatewayError) {
+        let counter = match error.rejection() {
+            Some(Rejection::Unauthenticated) => &self.0.unauthenticated,
+            Some(Rejection::PermissionDenied) => &self.0.permission_denied,
+            Some(Rejection::InvalidArgument) => &self.0.invalid_argument,
+            Some(Rejection::PayloadTooLarge) => &self.0.payload_too_large,
+            None => return,
+        };
+        counter.increment(1);
+    }
+}
+
+impl Default for Rejections {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-route counters of finished `Process` calls, and their latency.
+#[derive(Debug)]
+pub struct ProcessMetrics {
     routes: HashMap<String, RouteMetrics>,
     invalid: RouteMetrics,
 }
@@ -194,7 +248,7 @@ impl RouteMetrics {
     }
 }
 
-impl CallMetrics {
+impl ProcessMetrics {
     /// Handles for every allowed route.
     pub fn new(routes: &BTreeSet<String>) -> Self {
         describe();

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use gateway::{call::parse_grpc_timeout, config::Limits, error::GatewayError, validate};
+use gateway::{config::Limits, deadline::parse_grpc_timeout, error::GatewayError, validate};
 use http::{HeaderMap, HeaderValue};
 use proptest::{collection, prelude::*};
 
