@@ -108,39 +108,32 @@ impl Default for Stats {
     }
 }
 
-/// Counts one event in its in-process counter and its Prometheus counter.
-fn count(atomic: &AtomicU64, counter: &Counter) {
-    atomic.fetch_add(1, Ordering::Relaxed);
-    counter.increment(1);
+/// A broker event counted in [`Stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BrokerEvent {
+    UnknownReply,
+    Unroutable,
+    Nack,
+    Reconnect,
+    ChannelRecovered,
+    RejectedHeaders,
+    ReplyTooLarge,
 }
 
 impl Stats {
-    pub(crate) fn unknown_reply(&self) {
-        count(&self.unknown_replies, &self.metrics.unknown_replies);
-    }
-
-    pub(crate) fn unroutable(&self) {
-        count(&self.unroutable, &self.metrics.unroutable);
-    }
-
-    pub(crate) fn nack(&self) {
-        count(&self.nacks, &self.metrics.nacks);
-    }
-
-    pub(crate) fn reconnect(&self) {
-        count(&self.reconnects, &self.metrics.reconnects);
-    }
-
-    pub(crate) fn channel_recovered(&self) {
-        count(&self.channel_recoveries, &self.metrics.channel_recoveries);
-    }
-
-    pub(crate) fn rejected_headers(&self) {
-        count(&self.rejected_headers, &self.metrics.rejected_headers);
-    }
-
-    pub(crate) fn reply_too_large(&self) {
-        count(&self.replies_too_large, &self.metrics.replies_too_large);
+    /// Counts `event` in its in-process counter and its Prometheus counter.
+    pub(crate) fn count(&self, event: BrokerEvent) {
+        let (atomic, counter) = match event {
+            BrokerEvent::UnknownReply => (&self.unknown_replies, &self.metrics.unknown_replies),
+            BrokerEvent::Unroutable => (&self.unroutable, &self.metrics.unroutable),
+            BrokerEvent::Nack => (&self.nacks, &self.metrics.nacks),
+            BrokerEvent::Reconnect => (&self.reconnects, &self.metrics.reconnects),
+            BrokerEvent::ChannelRecovered => (&self.channel_recoveries, &self.metrics.channel_recoveries),
+            BrokerEvent::RejectedHeaders => (&self.rejected_headers, &self.metrics.rejected_headers),
+            BrokerEvent::ReplyTooLarge => (&self.replies_too_large, &self.metrics.replies_too_large),
+        };
+        atomic.fetch_add(1, Ordering::Relaxed);
+        counter.increment(1);
     }
 }
 

@@ -46,7 +46,7 @@ impl GatewayService {
     }
 
     /// Validates, publishes and waits for the reply.
-    async fn round_trip(
+    async fn handle(
         &self,
         request: ProcessRequest,
         context: &RequestContext,
@@ -103,7 +103,7 @@ impl Gateway for GatewayService {
         let Some(caller) = request.extensions().get::<Caller>().cloned() else {
             return Err(GatewayError::MissingContext("caller").into());
         };
-        let result = self.round_trip(request.into_inner(), &context, &caller).await;
+        let result = self.handle(request.into_inner(), &context, &caller).await;
         result.map(Response::new).map_err(|error| {
             self.rejections.count(&error);
             tracing::debug!(correlation_id = %context.correlation_id, %error, "call failed");

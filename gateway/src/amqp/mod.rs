@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use self::session::BrokerSession;
 pub use crate::metrics::Stats;
-use crate::{config::AmqpConfig, deadline::Deadline};
+use crate::{config::AmqpConfig, deadline::Deadline, metrics::BrokerEvent};
 
 /// Why a request got no reply from a worker.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -261,7 +261,7 @@ impl AmqpClient {
         match (ConfirmGuard(Some(confirm))).await {
             Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
             Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                self.stats.unroutable();
+                self.stats.count(BrokerEvent::Unroutable);
                 // Attribute the return by its correlation id, not by which
                 // confirm it came with: confirms may be coalesced by the broker.
                 let returned_id = returned.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
@@ -275,7 +275,7 @@ impl AmqpClient {
                 Ok(())
             }
             Ok(Confirmation::Nack(None)) => {
-                self.stats.nack();
+                self.stats.count(BrokerEvent::Nack);
                 Err(RoundTripError::Nacked)
             }
             Err(e) => Err(RoundTripError::Publish(Arc::new(e))),
@@ -413,7 +413,7 @@ async fn supervise(
         };
         attempt = 0;
         if connected_before {
-            stats.reconnect();
+            stats.count(BrokerEvent::Reconnect);
         }
         connected_before = true;
         tracing::info!(url = %config.broker.url, channels = config.channels, "connected to the broker");

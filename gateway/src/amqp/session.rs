@@ -34,7 +34,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Delivered, RoundTripError, Stats, pending::PendingTable};
-use crate::config::AmqpConfig;
+use crate::{config::AmqpConfig, metrics::BrokerEvent};
 
 /// Bound on connecting and on each set-up step, so a broker that accepts TCP
 /// but never answers cannot hang the supervisor.
@@ -219,7 +219,7 @@ async fn serve_slot(
             }
         };
         *session.slots[index].write() = slot.clone();
-        stats.channel_recovered();
+        stats.count(BrokerEvent::ChannelRecovered);
         tracing::info!("reply channel reopened");
     }
 }
@@ -255,7 +255,7 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
         // so the gateway cannot refuse it sooner; it frees the body here, at
         // once, instead of holding it until the caller has read it.
         drop(delivery.data);
-        stats.reply_too_large();
+        stats.count(BrokerEvent::ReplyTooLarge);
         let failed =
             id.is_some_and(|id| pending.complete(&id, Err(RoundTripError::ReplyTooLarge { size, limit: max_reply })));
         tracing::warn!(
@@ -271,7 +271,7 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
     // reply fails its own call, and nothing else.
     let outcome = match wire::headers_rejected(properties.headers().as_ref()) {
         Some(reason) => {
-            stats.rejected_headers();
+            stats.count(BrokerEvent::RejectedHeaders);
             tracing::warn!(%reason, "a reply's headers were rejected on arrival; failing its call");
             Err(RoundTripError::ReplyRejected(reason.to_owned()))
         }
@@ -283,7 +283,7 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
     };
     let delivered = id.is_some_and(|id| pending.complete(&id, outcome));
     if !delivered {
-        stats.unknown_reply();
+        stats.count(BrokerEvent::UnknownReply);
         tracing::debug!(correlation_id = ?properties.correlation_id(), "dropped reply for an unknown or finished call");
     }
 }
