@@ -43,6 +43,10 @@ pub const TRACESTATE_HEADER: &str = "tracestate";
 /// W3C Baggage.
 pub const BAGGAGE_HEADER: &str = "baggage";
 
+/// Longest AMQP short string, in bytes: routing keys, queue names,
+/// correlation ids, header names.
+pub const SHORT_STRING_MAX: usize = 255;
+
 /// Header names starting with this prefix belong to the gateway; callers may not
 /// set them and they are never copied into a `ProcessResponse`.
 pub const RESERVED_PREFIX: &str = "x-";

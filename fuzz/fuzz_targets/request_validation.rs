@@ -1,6 +1,6 @@
 //! Fuzzes what the gateway accepts from a gRPC caller before publishing: the
 //! route and headers of a `ProcessRequest` (`gateway::validate`) and the
-//! `grpc-timeout` metadata (`gateway::call::parse_grpc_timeout`), under fixed
+//! `grpc-timeout` metadata (`gateway::deadline::parse_grpc_timeout`), under fixed
 //! limits. None of it may panic, and each answer is checked against the
 //! README's rules, restated here.
 
@@ -12,7 +12,7 @@ use std::{
 };
 
 use arbitrary::Arbitrary;
-use gateway::{call::parse_grpc_timeout, config::Limits, validate};
+use gateway::{config::Limits, deadline::parse_grpc_timeout, validate};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

@@ -24,8 +24,10 @@ use std::{
 use futures::future::{Either, Ready, ready};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::{Status, body::Body};
+use tonic::body::Body;
 use tower::{Layer, Service};
+
+use crate::{error::GatewayError, metrics::Rejections};
 
 /// Shortest token accepted: shorter ones are guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -128,6 +130,7 @@ impl Tokens {
 pub struct AuthLayer {
     tokens: Tokens,
     open_probes: bool,
+    rejections: Rejections,
 }
 
 impl AuthLayer {
@@ -135,7 +138,7 @@ impl AuthLayer {
     /// an anonymous caller allowed every route). With `open_probes`, health
     /// and reflection need no token.
     pub fn new(tokens: Tokens, open_probes: bool) -> Self {
-        Self { tokens, open_probes }
+        Self { tokens, open_probes, rejections: Rejections::new() }
     }
 }
 
@@ -143,7 +146,7 @@ impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, tokens: self.tokens.clone(), open_probes: self.open_probes }
+        Auth { inner, tokens: self.tokens.clone(), open_probes: self.open_probes, rejections: self.rejections.clone() }
     }
 }
 
@@ -153,6 +156,7 @@ pub struct Auth<S> {
     inner: S,
     tokens: Tokens,
     open_probes: bool,
+    rejections: Rejections,
 }
 
 fn is_probe(path: &str) -> bool {
@@ -189,9 +193,9 @@ where
                 Either::Left(self.inner.call(request))
             }
             None => {
-                metrics::counter!("gateway_rejected_requests_total", "reason" => "unauthenticated").increment(1);
-                let status = Status::unauthenticated("a valid bearer token is required");
-                Either::Right(ready(Ok(status.into_http())))
+                let error = GatewayError::Unauthenticated;
+                self.rejections.count(&error);
+                Either::Right(ready(Ok(error.into_http())))
             }
         }
     }
@@ -199,6 +203,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tonic::Status;
     use tower::{ServiceExt, service_fn};
 
     use super::*;

@@ -1,17 +1,37 @@
 //! Gateway errors and the one place that decides which gRPC status a caller
-//! sees for each of them ([`GatewayError::code`]) and with what message.
+//! sees for each of them ([`GatewayError::code`]) and with what message
+//! (`From<GatewayError> for Status`).
+//!
+//! Every layer around `Process` and the handler itself fail with a
+//! [`GatewayError`]; a layer that answers on its own turns it into a response
+//! with [`GatewayError::into_http`], which goes through the same conversion.
 //!
 //! Internal detail (broker errors, lapin messages) is logged here and never
 //! put in a status message: callers learn what happened and what to do, not
 //! how the gateway is built.
 
-use tonic::{Code, Status};
+use tonic::{Code, Status, body::Body};
 
-use crate::amqp::CallError;
+use crate::amqp::RoundTripError;
 
 /// Why a `Process` call did not return a worker's successful reply.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// No valid bearer token (missing header, bad scheme, unknown token: the
+    /// caller is not told which).
+    #[error("a valid bearer token is required")]
+    Unauthenticated,
+    /// The call arrived while the in-flight limit was reached: shed.
+    #[error("gateway is at its in-flight limit ({max_in_flight} calls); retry with backoff")]
+    Overloaded {
+        /// The configured limit.
+        max_in_flight: usize,
+    },
+    /// The service was reached without what its layers put in the request
+    /// (deadline, correlation id, caller): the server is assembled wrongly.
+    /// Refused rather than served without a deadline or an access check.
+    #[error("the gateway is misconfigured and cannot serve this call")]
+    MissingContext(&'static str),
     /// The request is malformed or asks for something not allowed.
     #[error("{0}")]
     InvalidArgument(String),
@@ -48,7 +68,7 @@ pub enum GatewayError {
     ShuttingDown,
     /// The broker round trip failed.
     #[error(transparent)]
-    Call(#[from] CallError),
+    RoundTrip(#[from] RoundTripError),
     /// The worker replied with an error status.
     #[error("worker replied {code:?}: {message}")]
     Worker {
@@ -63,28 +83,63 @@ impl GatewayError {
     /// The status code the caller sees for this error.
     pub fn code(&self) -> Code {
         match self {
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::MissingContext(_) => Code::Internal,
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::PayloadTooLarge { .. } | Self::RequestTooLarge { .. } => Code::ResourceExhausted,
-            Self::Call(CallError::ReplyTooLarge { .. }) => Code::ResourceExhausted,
+            Self::RoundTrip(RoundTripError::ReplyTooLarge { .. }) => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
-            Self::Call(CallError::ReplyRejected(_)) => Code::Internal,
-            Self::ShuttingDown | Self::Call(_) => Code::Unavailable,
+            Self::RoundTrip(RoundTripError::ReplyRejected(_)) => Code::Internal,
+            Self::ShuttingDown | Self::RoundTrip(_) => Code::Unavailable,
             Self::Worker { code, .. } => *code,
         }
     }
 }
 
-impl GatewayError {
-    /// For a request refused before any AMQP work: why, as a metric label
-    /// (`gateway_rejected_requests_total{reason}`).
-    pub fn rejection(&self) -> Option<&'static str> {
+/// Why a request was refused before any AMQP work: the `reason` label of
+/// `gateway_rejected_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No valid bearer token.
+    Unauthenticated,
+    /// The token may not call the route.
+    PermissionDenied,
+    /// A malformed request or a route not allowed.
+    InvalidArgument,
+    /// The payload, or the whole message, is over the limit.
+    PayloadTooLarge,
+}
+
+impl Rejection {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
         match self {
-            Self::InvalidArgument(_) => Some("invalid_argument"),
-            Self::PermissionDenied(_) => Some("permission_denied"),
-            Self::PayloadTooLarge { .. } | Self::RequestTooLarge { .. } => Some("payload_too_large"),
+            Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission_denied",
+            Self::InvalidArgument => "invalid_argument",
+            Self::PayloadTooLarge => "payload_too_large",
+        }
+    }
+}
+
+impl GatewayError {
+    /// For a request refused before any AMQP work: why.
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Unauthenticated => Some(Rejection::Unauthenticated),
+            Self::InvalidArgument(_) => Some(Rejection::InvalidArgument),
+            Self::PermissionDenied(_) => Some(Rejection::PermissionDenied),
+            Self::PayloadTooLarge { .. } | Self::RequestTooLarge { .. } => Some(Rejection::PayloadTooLarge),
             _ => None,
         }
+    }
+
+    /// The error as a complete gRPC answer (trailers-only), for the layers
+    /// that answer without calling the service.
+    pub fn into_http(self) -> http::Response<Body> {
+        Status::from(self).into_http()
     }
 }
 
@@ -93,14 +148,20 @@ impl From<GatewayError> for Status {
         let code = error.code();
         let message = match error {
             GatewayError::Worker { message, .. } => message,
-            GatewayError::Call(CallError::NotConnected | CallError::ConnectionLost) => {
+            GatewayError::MissingContext(missing) => {
+                tracing::error!(missing, "Process was served without its layers; refusing the call");
+                GatewayError::MissingContext(missing).to_string()
+            }
+            GatewayError::RoundTrip(RoundTripError::NotConnected | RoundTripError::ConnectionLost) => {
                 "the gateway's broker connection is down; retry with backoff".to_owned()
             }
-            GatewayError::Call(CallError::Unroutable { route }) => {
+            GatewayError::RoundTrip(RoundTripError::Unroutable { route }) => {
                 format!("no worker queue is bound for route {route:?}")
             }
-            GatewayError::Call(CallError::Nacked) => "the broker refused the request; retry with backoff".to_owned(),
-            GatewayError::Call(CallError::Publish(source)) => {
+            GatewayError::RoundTrip(RoundTripError::Nacked) => {
+                "the broker refused the request; retry with backoff".to_owned()
+            }
+            GatewayError::RoundTrip(RoundTripError::Publish(source)) => {
                 tracing::warn!(error = %source, "publish failed");
                 "the request could not be published; retry with backoff".to_owned()
             }
@@ -117,6 +178,9 @@ mod tests {
     #[test]
     fn codes() {
         let cases = [
+            (GatewayError::Unauthenticated, Code::Unauthenticated),
+            (GatewayError::Overloaded { max_in_flight: 1 }, Code::ResourceExhausted),
+            (GatewayError::MissingContext("deadline"), Code::Internal),
             (GatewayError::InvalidArgument("x".into()), Code::InvalidArgument),
             (GatewayError::PermissionDenied("r".into()), Code::PermissionDenied),
             (GatewayError::PayloadTooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
@@ -124,12 +188,12 @@ mod tests {
             (GatewayError::DeadlineExceeded, Code::DeadlineExceeded),
             (GatewayError::ShuttingDown, Code::Unavailable),
             (GatewayError::Worker { code: Code::NotFound, message: "m".into() }, Code::NotFound),
-            (CallError::NotConnected.into(), Code::Unavailable),
-            (CallError::ConnectionLost.into(), Code::Unavailable),
-            (CallError::Nacked.into(), Code::Unavailable),
-            (CallError::Unroutable { route: "r".into() }.into(), Code::Unavailable),
-            (CallError::ReplyRejected("nested".into()).into(), Code::Internal),
-            (CallError::ReplyTooLarge { size: 2, limit: 1 }.into(), Code::ResourceExhausted),
+            (RoundTripError::NotConnected.into(), Code::Unavailable),
+            (RoundTripError::ConnectionLost.into(), Code::Unavailable),
+            (RoundTripError::Nacked.into(), Code::Unavailable),
+            (RoundTripError::Unroutable { route: "r".into() }.into(), Code::Unavailable),
+            (RoundTripError::ReplyRejected("nested".into()).into(), Code::Internal),
+            (RoundTripError::ReplyTooLarge { size: 2, limit: 1 }.into(), Code::ResourceExhausted),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error:?}");
@@ -143,7 +207,7 @@ mod tests {
         assert!(status.message().contains("1024"), "{}", status.message());
         let status = Status::from(GatewayError::RequestTooLarge { size: 9999, limit: 2048, payload_limit: 1024 });
         assert!(status.message().contains("2048") && status.message().contains("1024"), "{}", status.message());
-        let status = Status::from(GatewayError::from(CallError::ReplyTooLarge { size: 9999, limit: 1024 }));
+        let status = Status::from(GatewayError::from(RoundTripError::ReplyTooLarge { size: 9999, limit: 1024 }));
         assert_eq!(status.message(), "the worker's reply is 9999 bytes, over the gateway's reply limit of 1024 bytes");
     }
 }

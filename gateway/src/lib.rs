@@ -7,8 +7,9 @@
 //!
 //! - [`server`]: assembly. Health and reflection, graceful shutdown, HTTP/2
 //!   serving (`transport`), and the layers around `Process`: [`limit::InFlightLimitLayer`]
-//!   (load shedding), [`call::CallLayer`] (the call's deadline and
-//!   correlation id, and DEADLINE_EXCEEDED when it passes) and
+//!   (load shedding), [`context::RequestContextLayer`] (the call's
+//!   [`deadline`] and correlation id, DEADLINE_EXCEEDED when it passes, and
+//!   the call's final status in its span and metrics) and
 //!   [`size::RequestSizeLayer`] (oversized requests refused from their
 //!   length prefix).
 //! - [`auth`]: bearer tokens, checked on every request before any AMQP
@@ -17,7 +18,8 @@
 //!   ([`validate`]) and its outcome is decided.
 //! - [`amqp`]: where it is published and where its reply is matched (the
 //!   session, its channels, the pending table, reconnection).
-//! - [`error`]: every failure, and the one mapping to a gRPC status.
+//! - [`error`]: every failure, and the one mapping to a gRPC status; the
+//!   layers and the handler all fail with its [`error::GatewayError`].
 //! - [`config`]: flags and environment, checked once at start-up; [`tls`]
 //!   loads the server's certificates.
 //! - [`metrics`]: counters and Prometheus metrics.
@@ -26,8 +28,9 @@
 
 pub mod amqp;
 pub mod auth;
-pub mod call;
 pub mod config;
+pub mod context;
+pub mod deadline;
 pub mod error;
 pub mod limit;
 pub mod metrics;

@@ -17,8 +17,10 @@ use std::{
 use metrics::{Counter, Gauge};
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{Status, body::Body, server::NamedService};
+use tonic::{body::Body, server::NamedService};
 use tower::{Layer, Service};
+
+use crate::error::GatewayError;
 
 /// Sheds calls beyond a fixed number in flight.
 #[derive(Clone, Debug)]
@@ -91,11 +93,8 @@ where
             Err(_) => {
                 self.shed.increment(1);
                 tracing::debug!(max_in_flight = self.max, "shedding call: in-flight limit reached");
-                let status = Status::resource_exhausted(format!(
-                    "gateway is at its in-flight limit ({} calls); retry with backoff",
-                    self.max
-                ));
-                ResponseFuture::Shed { response: Some(status.into_http()) }
+                let response = GatewayError::Overloaded { max_in_flight: self.max }.into_http();
+                ResponseFuture::Shed { response: Some(response) }
             }
         }
     }
@@ -155,8 +154,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tonic::Status;
     use tower::{ServiceExt, service_fn};
+
+    use super::*;
 
     #[tokio::test]
     async fn sheds_beyond_the_limit_and_recovers() {

@@ -1,10 +1,12 @@
-//! The gateway's numbers: counters readable in-process ([`Stats`],
-//! [`CallMetrics`]) and the same events as Prometheus metrics, served on
-//! `--metrics-listen`.
+//! The gateway's numbers: counters readable in-process ([`Stats`]) and the
+//! same events as Prometheus metrics, served on `--metrics-listen`
+//! ([`ProcessMetrics`], [`Rejections`] and the handles below).
 //!
 //! Metrics:
 //! - `gateway_calls_total{route, code}`: finished `Process` calls by gRPC
-//!   status code (`route="(invalid)"` for requests naming no allowed route).
+//!   status code (`route="(invalid)"` for requests naming no allowed route),
+//!   recorded by the request context layer (`context`), which alone sees
+//!   every way a call ends.
 //! - `gateway_call_duration_seconds{route}`: call latency.
 //! - `gateway_calls_in_flight`, `gateway_calls_shed_total`: the in-flight
 //!   limit.
@@ -23,18 +25,24 @@
 //!   `--max-connections`), `gateway_handshake_timeouts_total` (closed at
 //!   `--handshake-timeout`).
 //!
-//! Handles are looked up once (per route and code at start-up), so recording
-//! on the call path is an atomic add, with no label formatting.
+//! Handles are looked up once, when the server is assembled (per route and
+//! code, per rejection reason), so recording on the call path is an atomic
+//! add, with no label formatting or registry lookup.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use amqp_gateway::wire;
 use metrics::{Counter, Gauge, Histogram};
 use tonic::Code;
+
+use crate::error::{GatewayError, Rejection};
 
 /// Label of calls whose route is not allowed: caller input never becomes a
 /// label value, so a bad caller cannot grow the metrics without bound.
@@ -60,12 +68,25 @@ pub struct Stats {
     /// Replies over the reply limit, dropped (their call, if still waiting,
     /// failed with RESOURCE_EXHAUSTED).
     pub replies_too_large: AtomicU64,
-    metrics: [Counter; 7],
+    metrics: StatsMetrics,
+}
+
+/// The Prometheus side of [`Stats`], one named handle per counter.
+#[derive(Debug)]
+struct StatsMetrics {
+    unknown_replies: Counter,
+    unroutable: Counter,
+    nacks: Counter,
+    reconnects: Counter,
+    channel_recoveries: Counter,
+    rejected_headers: Counter,
+    replies_too_large: Counter,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         describe();
+        let rejected = |reason: &'static str| metrics::counter!("gateway_replies_rejected_total", "reason" => reason);
         Self {
             unknown_replies: AtomicU64::new(0),
             unroutable: AtomicU64::new(0),
@@ -74,51 +95,45 @@ impl Default for Stats {
             channel_recoveries: AtomicU64::new(0),
             rejected_headers: AtomicU64::new(0),
             replies_too_large: AtomicU64::new(0),
-            metrics: [
-                metrics::counter!("gateway_replies_dropped_total"),
-                metrics::counter!("gateway_unroutable_total"),
-                metrics::counter!("gateway_publish_nacks_total"),
-                metrics::counter!("gateway_broker_reconnects_total"),
-                metrics::counter!("gateway_channel_recoveries_total"),
-                metrics::counter!("gateway_replies_rejected_total", "reason" => "headers"),
-                metrics::counter!("gateway_replies_rejected_total", "reason" => "too_large"),
-            ],
+            metrics: StatsMetrics {
+                unknown_replies: metrics::counter!("gateway_replies_dropped_total"),
+                unroutable: metrics::counter!("gateway_unroutable_total"),
+                nacks: metrics::counter!("gateway_publish_nacks_total"),
+                reconnects: metrics::counter!("gateway_broker_reconnects_total"),
+                channel_recoveries: metrics::counter!("gateway_channel_recoveries_total"),
+                rejected_headers: rejected("headers"),
+                replies_too_large: rejected("too_large"),
+            },
         }
     }
 }
 
+/// A broker event counted in [`Stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BrokerEvent {
+    UnknownReply,
+    Unroutable,
+    Nack,
+    Reconnect,
+    ChannelRecovered,
+    RejectedHeaders,
+    ReplyTooLarge,
+}
+
 impl Stats {
-    fn bump(&self, i: usize, atomic: &AtomicU64) {
+    /// Counts `event` in its in-process counter and its Prometheus counter.
+    pub(crate) fn count(&self, event: BrokerEvent) {
+        let (atomic, counter) = match event {
+            BrokerEvent::UnknownReply => (&self.unknown_replies, &self.metrics.unknown_replies),
+            BrokerEvent::Unroutable => (&self.unroutable, &self.metrics.unroutable),
+            BrokerEvent::Nack => (&self.nacks, &self.metrics.nacks),
+            BrokerEvent::Reconnect => (&self.reconnects, &self.metrics.reconnects),
+            BrokerEvent::ChannelRecovered => (&self.channel_recoveries, &self.metrics.channel_recoveries),
+            BrokerEvent::RejectedHeaders => (&self.rejected_headers, &self.metrics.rejected_headers),
+            BrokerEvent::ReplyTooLarge => (&self.replies_too_large, &self.metrics.replies_too_large),
+        };
         atomic.fetch_add(1, Ordering::Relaxed);
-        self.metrics[i].increment(1);
-    }
-
-    pub(crate) fn unknown_reply(&self) {
-        self.bump(0, &self.unknown_replies);
-    }
-
-    pub(crate) fn unroutable(&self) {
-        self.bump(1, &self.unroutable);
-    }
-
-    pub(crate) fn nack(&self) {
-        self.bump(2, &self.nacks);
-    }
-
-    pub(crate) fn reconnect(&self) {
-        self.bump(3, &self.reconnects);
-    }
-
-    pub(crate) fn channel_recovered(&self) {
-        self.bump(4, &self.channel_recoveries);
-    }
-
-    pub(crate) fn rejected_headers(&self) {
-        self.bump(5, &self.rejected_headers);
-    }
-
-    pub(crate) fn reply_too_large(&self) {
-        self.bump(6, &self.replies_too_large);
+        counter.increment(1);
     }
 }
 
@@ -154,9 +169,55 @@ impl ConnectionMetrics {
     }
 }
 
-/// Per-route call counters and latency.
+/// `gateway_rejected_requests_total{reason}`, one handle per reason
+/// ([`GatewayError::rejection`]); cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Rejections(Arc<RejectionCounters>);
+
 #[derive(Debug)]
-pub struct CallMetrics {
+struct RejectionCounters {
+    unauthenticated: Counter,
+    permission_denied: Counter,
+    invalid_argument: Counter,
+    payload_too_large: Counter,
+}
+
+impl Rejections {
+    /// Looks the handles up.
+    pub fn new() -> Self {
+        describe();
+        let counter =
+            |reason: Rejection| metrics::counter!("gateway_rejected_requests_total", "reason" => reason.label());
+        Self(Arc::new(RejectionCounters {
+            unauthenticated: counter(Rejection::Unauthenticated),
+            permission_denied: counter(Rejection::PermissionDenied),
+            invalid_argument: counter(Rejection::InvalidArgument),
+            payload_too_large: counter(Rejection::PayloadTooLarge),
+        }))
+    }
+
+    /// Counts `error` if it refused a request before any AMQP work.
+    pub fn count(&self, error: &GatewayError) {
+        let counter = match error.rejection() {
+            Some(Rejection::Unauthenticated) => &self.0.unauthenticated,
+            Some(Rejection::PermissionDenied) => &self.0.permission_denied,
+            Some(Rejection::InvalidArgument) => &self.0.invalid_argument,
+            Some(Rejection::PayloadTooLarge) => &self.0.payload_too_large,
+            None => return,
+        };
+        counter.increment(1);
+    }
+}
+
+impl Default for Rejections {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-route counters of finished `Process` calls, and their latency.
+#[derive(Debug)]
+pub struct ProcessMetrics {
     routes: HashMap<String, RouteMetrics>,
     invalid: RouteMetrics,
 }
@@ -180,7 +241,7 @@ impl RouteMetrics {
     }
 }
 
-impl CallMetrics {
+impl ProcessMetrics {
     /// Handles for every allowed route.
     pub fn new(routes: &BTreeSet<String>) -> Self {
         describe();

@@ -5,7 +5,7 @@
 //! [`spawn`] takes an already bound listener and a shutdown token, so tests
 //! bind port 0 and trigger shutdown themselves; the binary passes SIGTERM.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use amqp_gateway::{FILE_DESCRIPTOR_SET, SERVICE_NAME, pb::gateway_server::GatewayServer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
@@ -18,9 +18,11 @@ use tracing::Instrument;
 use crate::{
     amqp::AmqpClient,
     auth::AuthLayer,
-    call::{CallLayer, DeadlinePolicy},
     config::Config,
+    context::RequestContextLayer,
+    deadline::DeadlinePolicy,
     limit::InFlightLimitLayer,
+    metrics::ProcessMetrics,
     service::GatewayService,
     size::{self, RequestSizeLayer},
     transport::{self, Settings},
@@ -95,13 +97,14 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let service = GatewayService::new(client.clone(), config.limits.clone(), abort.clone());
     let policy =
         DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
+    let metrics = Arc::new(ProcessMetrics::new(&config.limits.routes));
     // Shedding first: an overloaded gateway refuses a call before spending
     // anything on it. The size layer answers an oversized request from its
     // length prefix; tonic's decode limit, set to the same number, stays
     // behind it.
     let max_payload = config.limits.max_payload_bytes;
     let gateway = in_flight.layer(
-        CallLayer::new(policy).layer(
+        RequestContextLayer::new(policy, metrics).layer(
             RequestSizeLayer::new(max_payload)
                 .layer(GatewayServer::new(service).max_decoding_message_size(size::message_limit(max_payload))),
         ),

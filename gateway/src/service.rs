@@ -2,28 +2,29 @@
 //! is decided.
 //!
 //! The handler validates the request, publishes it through the
-//! [`AmqpClient`] and waits for the reply. [`CallLayer`](crate::call::CallLayer)
-//! around it fixes the call's deadline and correlation id and drops this
-//! future when the deadline passes; tonic drops it when the caller cancels.
-//! Either way the pending entry goes with it.
+//! [`AmqpClient`] and waits for the reply. The
+//! [`RequestContextLayer`](crate::context::RequestContextLayer) around it
+//! fixes the call's deadline and correlation id, drops this future when the
+//! deadline passes and records how the call ended; tonic drops it when the
+//! caller cancels. Either way the pending entry goes with it.
+//!
+//! The handler fails closed: served without the layers that give it a
+//! deadline ([`RequestContext`]) and a [`Caller`], it answers INTERNAL rather
+//! than inventing a deadline or letting anyone call any route.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
-use amqp_gateway::{
-    pb::{ProcessRequest, ProcessResponse, gateway_server::Gateway},
-    wire,
-};
+use amqp_gateway::pb::{ProcessRequest, ProcessResponse, gateway_server::Gateway};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
-use uuid::Uuid;
 
 use crate::{
-    amqp::{AmqpClient, Call, Reply},
+    amqp::{AmqpClient, AmqpRequest, Reply},
     auth::Caller,
-    call::{CallContext, Deadline, DeadlinePolicy},
     config::Limits,
+    context::RequestContext,
     error::GatewayError,
-    metrics::CallMetrics,
+    metrics::Rejections,
     validate,
 };
 
@@ -32,7 +33,7 @@ use crate::{
 pub struct GatewayService {
     client: AmqpClient,
     limits: Arc<Limits>,
-    metrics: Arc<CallMetrics>,
+    rejections: Rejections,
     abort: CancellationToken,
 }
 
@@ -41,144 +42,162 @@ impl GatewayService {
     /// `abort` answers every call still waiting with UNAVAILABLE (the end of
     /// the shutdown grace period).
     pub fn new(client: AmqpClient, limits: Limits, abort: CancellationToken) -> Self {
-        let metrics = Arc::new(CallMetrics::new(&limits.routes));
-        Self { client, limits: Arc::new(limits), metrics, abort }
+        Self { client, limits: Arc::new(limits), rejections: Rejections::new(), abort }
     }
 
-    async fn process<'a>(
-        &'a self,
+    /// Validates, publishes and waits for the reply.
+    async fn handle(
+        &self,
         request: ProcessRequest,
-        deadline: Deadline,
-        id: Uuid,
+        context: &RequestContext,
         caller: &Caller,
-        record: &mut CallRecord<'a>,
     ) -> Result<ProcessResponse, GatewayError> {
         let route = validate::route(&self.limits, &request.route)?;
-        record.route = Some(route);
+        context.set_route(route);
         if !caller.may_call(route) {
             return Err(GatewayError::PermissionDenied(route.to_owned()));
         }
         validate::payload(&self.limits, request.payload.len())?;
         validate::headers(&self.limits, &request.headers)?;
-        if deadline.remaining().is_zero() {
+        if context.deadline.remaining().is_zero() {
             // Answered at once, without publishing: nobody could use the reply.
             return Err(GatewayError::DeadlineExceeded);
         }
-        let call = Call {
-            correlation_id: id,
+        let outgoing = AmqpRequest {
+            correlation_id: context.correlation_id,
             route: route.to_owned(),
             payload: request.payload,
             content_type: request.content_type,
             headers: request.headers,
-            deadline,
+            deadline: context.deadline,
         };
         let reply = tokio::select! {
-            reply = self.client.call(call) => reply?,
+            reply = self.client.round_trip(outgoing) => reply?,
             () = self.abort.cancelled() => return Err(GatewayError::ShuttingDown),
         };
-        response(reply, id)
+        response(reply, context)
     }
 }
 
 /// A reply becomes a response, or the worker's error status.
-fn response(reply: Reply, id: Uuid) -> Result<ProcessResponse, GatewayError> {
-    let (code, message) = wire::decode_status(reply.headers.as_ref());
-    if code != Code::Ok {
-        return Err(GatewayError::Worker { code, message });
+fn response(reply: Reply, context: &RequestContext) -> Result<ProcessResponse, GatewayError> {
+    if reply.code != Code::Ok {
+        return Err(GatewayError::Worker { code: reply.code, message: reply.message });
     }
     Ok(ProcessResponse {
         payload: reply.payload.into(),
         content_type: reply.content_type.unwrap_or_default(),
-        headers: wire::application_headers(reply.headers.as_ref()).into_iter().collect(),
-        correlation_id: id.hyphenated().to_string(),
+        headers: reply.headers.into_iter().collect(),
+        correlation_id: context.correlation_id.hyphenated().to_string(),
     })
 }
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn process(&self, request: Request<ProcessRequest>) -> Result<Response<ProcessResponse>, Status> {
-        // Set by `CallLayer`; the fallback only matters when the service is
-        // mounted without it (then nothing enforces the deadline either).
-        let context = request.extensions().get::<CallContext>().copied().unwrap_or_else(|| {
-            let policy =
-                DeadlinePolicy { default_timeout: self.limits.default_timeout, max_timeout: self.limits.max_timeout };
-            CallContext {
-                deadline: policy.deadline(request.metadata().as_ref(), Instant::now()),
-                correlation_id: Uuid::new_v4(),
-            }
-        });
-        let id = context.correlation_id;
-        // Set by `AuthLayer`; without it (no tokens configured) anyone may
-        // call any allowed route.
-        let caller = request.extensions().get::<Caller>().cloned().unwrap_or_default();
-        let mut record = CallRecord::new(&self.metrics, context.deadline);
-        let result = self.process(request.into_inner(), context.deadline, id, &caller, &mut record).await;
-        if let Some(reason) = result.as_ref().err().and_then(GatewayError::rejection) {
-            metrics::counter!("gateway_rejected_requests_total", "reason" => reason).increment(1);
-        }
-        record.code = Some(result.as_ref().map_or_else(GatewayError::code, |_| Code::Ok));
+        // Set by `RequestContextLayer` and `AuthLayer` (which admits every
+        // caller as an anonymous one when no token is configured).
+        let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
+            return Err(GatewayError::MissingContext("request context").into());
+        };
+        let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+            return Err(GatewayError::MissingContext("caller").into());
+        };
+        let result = self.handle(request.into_inner(), &context, &caller).await;
         result.map(Response::new).map_err(|error| {
-            tracing::debug!(correlation_id = %id, %error, "call failed");
+            self.rejections.count(&error);
+            tracing::debug!(correlation_id = %context.correlation_id, %error, "call failed");
             Status::from(error)
         })
     }
 }
 
-/// Records a call in the metrics when it ends, however it ends: a handler
-/// dropped before finishing was cut off by its deadline or by the caller.
-struct CallRecord<'a> {
-    metrics: &'a CallMetrics,
-    route: Option<&'a str>,
-    code: Option<Code>,
-    deadline: Deadline,
-    started: Instant,
-}
-
-impl<'a> CallRecord<'a> {
-    fn new(metrics: &'a CallMetrics, deadline: Deadline) -> Self {
-        Self { metrics, route: None, code: None, deadline, started: Instant::now() }
-    }
-}
-
-impl Drop for CallRecord<'_> {
-    fn drop(&mut self) {
-        let code = self.code.unwrap_or(if self.deadline.remaining().is_zero() {
-            Code::DeadlineExceeded
-        } else {
-            Code::Cancelled
-        });
-        self.metrics.record(self.route, code, self.started.elapsed());
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use lapin::types::{AMQPValue, FieldTable};
+    use std::{collections::BTreeMap, time::Duration};
+
+    use amqp_gateway::broker::{AmqpUrl, Broker};
+    use tokio_util::task::TaskTracker;
+    use uuid::Uuid;
 
     use super::*;
+    use crate::{config::AmqpConfig, deadline::Deadline};
+
+    fn context() -> RequestContext {
+        RequestContext::new(Deadline::after(std::time::Instant::now(), Duration::from_secs(5)), Uuid::new_v4())
+    }
+
+    fn reply(code: Code, message: &str) -> Reply {
+        Reply {
+            code,
+            message: message.into(),
+            payload: b"hi".to_vec(),
+            content_type: Some("text/plain".into()),
+            headers: BTreeMap::from([("tenant".to_owned(), "acme".to_owned())]),
+        }
+    }
 
     #[test]
     fn error_reply_maps_to_the_worker_status() {
-        let mut headers = FieldTable::default();
-        wire::encode_status(&mut headers, Code::PermissionDenied, "no");
-        let reply = Reply { payload: vec![], content_type: None, headers: Some(headers) };
-        match response(reply, Uuid::nil()) {
+        match response(reply(Code::PermissionDenied, "no"), &context()) {
             Err(GatewayError::Worker { code: Code::PermissionDenied, message }) => assert_eq!(message, "no"),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn ok_reply_keeps_content_type_and_string_headers() {
-        let mut headers = FieldTable::default();
-        headers.insert("tenant".into(), wire::long_string("acme"));
-        headers.insert("n".into(), AMQPValue::LongInt(1));
-        let reply = Reply { payload: b"hi".to_vec(), content_type: Some("text/plain".into()), headers: Some(headers) };
-        let id = Uuid::new_v4();
-        let r = response(reply, id).unwrap();
+    fn ok_reply_keeps_content_type_and_headers() {
+        let context = context();
+        let r = response(reply(Code::Ok, ""), &context).unwrap();
         assert_eq!(&r.payload[..], b"hi");
         assert_eq!(r.content_type, "text/plain");
-        assert_eq!(r.headers.len(), 1);
-        assert_eq!(r.correlation_id, id.to_string());
+        assert_eq!(r.headers.get("tenant").map(String::as_str), Some("acme"));
+        assert_eq!(r.correlation_id, context.correlation_id.to_string());
+    }
+
+    /// A service whose client never connects: the shutdown token is
+    /// cancelled before the supervisor starts, so nothing touches a network.
+    fn unconnected_service() -> GatewayService {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let config = AmqpConfig {
+            broker: Broker::new(AmqpUrl::parse("amqp://127.0.0.1:1/%2f").unwrap()),
+            exchange: String::new(),
+            channels: 1,
+            max_reply_bytes: 1024,
+        };
+        let client = AmqpClient::start(config, shutdown, &TaskTracker::new());
+        let limits = Limits {
+            routes: ["echo".to_owned()].into(),
+            default_route: None,
+            default_timeout: Duration::from_secs(1),
+            max_timeout: Duration::from_secs(2),
+            max_payload_bytes: 10,
+            max_headers: 2,
+            max_header_bytes: 16,
+        };
+        GatewayService::new(client, limits, CancellationToken::new())
+    }
+
+    #[tokio::test]
+    async fn served_without_its_layers_it_fails_closed() {
+        let service = unconnected_service();
+        let call = || Request::new(ProcessRequest { route: "echo".into(), ..Default::default() });
+
+        let status = service.process(call()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "no request context: {status:?}");
+        assert!(!status.message().contains("context"), "internal detail leaked: {}", status.message());
+
+        let mut without_caller = call();
+        without_caller.extensions_mut().insert(context());
+        let status = service.process(without_caller).await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "no caller: {status:?}");
+
+        // With both, the call gets as far as the broker, which is down.
+        let mut complete = call();
+        complete.extensions_mut().insert(context());
+        complete.extensions_mut().insert(Caller::default());
+        let status = service.process(complete).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 }

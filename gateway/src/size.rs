@@ -34,7 +34,7 @@ use pin_project_lite::pin_project;
 use tonic::{Status, server::NamedService};
 use tower::{Layer, Service};
 
-use crate::error::GatewayError;
+use crate::{error::GatewayError, metrics::Rejections};
 
 /// Room above the payload limit for the rest of a `ProcessRequest` (route,
 /// content type, headers). The message limit sits above the configured
@@ -56,15 +56,16 @@ pub fn message_limit(max_payload_bytes: usize) -> usize {
 
 /// Refuses request messages larger than [`message_limit`] from their length
 /// prefix. Wraps the `Gateway` service.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RequestSizeLayer {
     max_payload_bytes: usize,
+    rejections: Rejections,
 }
 
 impl RequestSizeLayer {
     /// A layer for a payload limit of `max_payload_bytes`.
     pub fn new(max_payload_bytes: usize) -> Self {
-        Self { max_payload_bytes }
+        Self { max_payload_bytes, rejections: Rejections::new() }
     }
 }
 
@@ -72,7 +73,7 @@ impl<S> Layer<S> for RequestSizeLayer {
     type Service = RequestSize<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestSize { inner, max_payload_bytes: self.max_payload_bytes }
+        RequestSize { inner, max_payload_bytes: self.max_payload_bytes, rejections: self.rejections.clone() }
     }
 }
 
@@ -81,6 +82,7 @@ impl<S> Layer<S> for RequestSizeLayer {
 pub struct RequestSize<S> {
     inner: S,
     max_payload_bytes: usize,
+    rejections: Rejections,
 }
 
 impl<S: NamedService> NamedService for RequestSize<S> {
@@ -105,6 +107,7 @@ where
             inner,
             scanner: FrameScanner::new(message_limit(max_payload_bytes)),
             max_payload_bytes,
+            rejections: self.rejections.clone(),
             failed: false,
         }))
     }
@@ -118,6 +121,7 @@ pin_project! {
         inner: B,
         scanner: FrameScanner,
         max_payload_bytes: usize,
+        rejections: Rejections,
         failed: bool,
     }
 }
@@ -144,13 +148,13 @@ where
             && let Err(size) = this.scanner.scan(data)
         {
             *this.failed = true;
-            metrics::counter!("gateway_rejected_requests_total", "reason" => "payload_too_large").increment(1);
             tracing::debug!(size, limit = this.scanner.limit, "refusing an oversized request from its length prefix");
             let error = GatewayError::RequestTooLarge {
                 size,
                 limit: this.scanner.limit,
                 payload_limit: *this.max_payload_bytes,
             };
+            this.rejections.count(&error);
             return Poll::Ready(Some(Err(Box::new(Status::from(error)))));
         }
         Poll::Ready(Some(Ok(frame)))

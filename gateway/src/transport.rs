@@ -7,7 +7,7 @@
 //! answers CANCELLED and can fire before the gateway's own deadline when the
 //! runtime is busy (the router only calls the service when first polled). The
 //! contract wants DEADLINE_EXCEEDED, decided in one place
-//! ([`CallLayer`](crate::call::CallLayer)), so the gateway serves the same
+//! ([`RequestContextLayer`](crate::context::RequestContextLayer)), so the gateway serves the same
 //! tonic services over hyper with no timer of tonic's in the way.
 
 use std::{

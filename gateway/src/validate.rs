@@ -3,12 +3,9 @@
 
 use std::collections::HashMap;
 
-use amqp_gateway::wire;
+use amqp_gateway::wire::{self, SHORT_STRING_MAX};
 
 use crate::{config::Limits, error::GatewayError};
-
-/// Longest AMQP short string: header names and routing keys.
-const SHORT_STRING_MAX: usize = 255;
 
 /// The route a request goes to: its own, or the default when empty. Only
 /// allow-listed routes pass.

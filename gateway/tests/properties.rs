@@ -1,7 +1,7 @@
 //! Property tests of what the gateway accepts from a caller before anything is
 //! published: the route (`validate::route`), the caller's headers
 //! (`validate::headers`) and the `grpc-timeout` deadline
-//! (`call::parse_grpc_timeout`), through their public APIs.
+//! (`deadline::parse_grpc_timeout`), through their public APIs.
 //!
 //! Each oracle is written here from the README and the gRPC over HTTP/2 spec,
 //! not copied from the code under test.
@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use gateway::{call::parse_grpc_timeout, config::Limits, error::GatewayError, validate};
+use gateway::{config::Limits, deadline::parse_grpc_timeout, error::GatewayError, validate};
 use http::{HeaderMap, HeaderValue};
 use proptest::{collection, prelude::*};
 

@@ -1,23 +1,25 @@
-//! The AMQP request/reply client: where a call is published and its reply
+//! The AMQP request/reply client: where a request is published and its reply
 //! awaited.
 //!
-//! - [`AmqpClient::call`] publishes one request (mandatory, under publisher
-//!   confirms, with the contract's properties and headers) and waits for the
-//!   reply matched by correlation id.
+//! - [`AmqpClient::round_trip`] publishes one [`AmqpRequest`] (mandatory,
+//!   under publisher confirms, with the contract's properties and headers),
+//!   waits for the reply matched by correlation id and returns it decoded as a
+//!   [`Reply`].
 //! - `session`: the connection, its publisher channels and the reply tasks.
-//! - `pending`: the table of calls waiting for replies.
+//! - `pending`: the table of requests waiting for replies.
 //! - `supervise` (below): keeps one session alive, reconnecting with capped,
 //!   jittered exponential backoff, and publishes whether the broker is
 //!   reachable for health checks.
 //!
 //! One connection per process, a few long-lived channels: nothing is opened
-//! per call.
+//! per request. No lapin type appears in this module's public API: the
+//! rest of the gateway sees decoded replies and [`RoundTripError`]s.
 
 mod pending;
 mod session;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -36,21 +38,22 @@ use opentelemetry::trace::TraceContextExt;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::Code;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use self::session::Session;
+use self::session::BrokerSession;
 pub use crate::metrics::Stats;
-use crate::{call::Deadline, config::AmqpConfig};
+use crate::{config::AmqpConfig, deadline::Deadline, metrics::BrokerEvent};
 
-/// Why a call got no reply from a worker.
+/// Why a request got no reply from a worker.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
+pub enum RoundTripError {
     /// No broker connection right now.
     #[error("broker connection is down")]
     NotConnected,
-    /// The connection or channel failed while the call waited.
+    /// The connection or channel failed while the request waited.
     #[error("broker connection lost before the reply arrived")]
     ConnectionLost,
     /// The broker returned the message: no queue is bound to the route.
@@ -62,9 +65,10 @@ pub enum CallError {
     /// The broker nacked the publish.
     #[error("broker refused the request")]
     Nacked,
-    /// The publish itself failed.
-    #[error("publish failed: {0}")]
-    Publish(Arc<lapin::Error>),
+    /// The publish itself failed. (The source is lapin's error, shared so
+    /// the error stays `Clone`; `Display` leaves it to `source()`.)
+    #[error("publish failed")]
+    Publish(#[source] Arc<lapin::Error>),
     /// The reply's headers were rejected on arrival (nested too deep or
     /// malformed): the worker, or whoever published it, broke the contract.
     #[error("the worker's reply headers were rejected: {0}")]
@@ -79,7 +83,7 @@ pub enum CallError {
     },
 }
 
-impl CallError {
+impl RoundTripError {
     /// A short, stable name of the error, for spans and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -94,20 +98,47 @@ impl CallError {
     }
 }
 
-/// A worker's reply, as it came off the wire.
-#[derive(Debug)]
+/// A worker's reply, decoded per the contract (`amqp_gateway::wire`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
+    /// The worker's status (`x-status-code`; absent is OK).
+    pub code: Code,
+    /// The worker's status message (`x-status-message`; may be empty).
+    pub message: String,
     /// Body.
     pub payload: Vec<u8>,
     /// `content_type` property.
     pub content_type: Option<String>,
-    /// AMQP headers, including the status headers.
-    pub headers: Option<FieldTable>,
+    /// The string-valued application headers: no reserved `x-` names, no
+    /// trace context.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A reply as it came off the wire, before decoding: what the reply task
+/// hands to the waiting request.
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) headers: Option<FieldTable>,
+}
+
+impl Delivered {
+    fn decode(self) -> Reply {
+        let (code, message) = wire::decode_status(self.headers.as_ref());
+        Reply {
+            code,
+            message,
+            payload: self.payload,
+            content_type: self.content_type,
+            headers: wire::application_headers(self.headers.as_ref()),
+        }
+    }
 }
 
 /// One request to publish.
 #[derive(Debug)]
-pub struct Call {
+pub struct AmqpRequest {
     /// Correlation id and message id of the request.
     pub correlation_id: Uuid,
     /// Routing key (an allow-listed route).
@@ -118,14 +149,14 @@ pub struct Call {
     pub content_type: String,
     /// Caller headers, already validated.
     pub headers: HashMap<String, String>,
-    /// When the call must be answered by.
+    /// When the request must be answered by.
     pub deadline: Deadline,
 }
 
 /// Handle to the gateway's broker session; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AmqpClient {
-    session: watch::Receiver<Option<Arc<Session>>>,
+    session: watch::Receiver<Option<Arc<BrokerSession>>>,
     connected: watch::Receiver<bool>,
     exchange: ShortString,
     stats: Arc<Stats>,
@@ -133,8 +164,8 @@ pub struct AmqpClient {
 
 impl AmqpClient {
     /// Starts the supervisor that connects to the broker and keeps the
-    /// connection alive until `shutdown` is cancelled. Calls fail with
-    /// [`CallError::NotConnected`] until the first connection is up.
+    /// connection alive until `shutdown` is cancelled. Requests fail with
+    /// [`RoundTripError::NotConnected`] until the first connection is up.
     pub fn start(config: AmqpConfig, shutdown: CancellationToken, tracker: &TaskTracker) -> Self {
         let (session_tx, session) = watch::channel(None);
         let (connected_tx, connected) = watch::channel(false);
@@ -146,31 +177,32 @@ impl AmqpClient {
         Self { session, connected, exchange, stats }
     }
 
-    /// Publishes `call` and waits for its reply. The caller bounds the wait
-    /// with the call's deadline; dropping the future removes the pending entry.
+    /// Publishes `request` and waits for its reply. The caller bounds the
+    /// wait with the request's deadline; dropping the future removes the
+    /// pending entry.
     ///
     /// Traced as a PRODUCER span `send <route>` (OpenTelemetry messaging
     /// conventions for RabbitMQ) whose context travels in the request headers,
     /// and a CONSUMER span for the reply's arrival, child of the worker's span
     /// when the reply carries its `traceparent`.
-    pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+    pub async fn round_trip(&self, request: AmqpRequest) -> Result<Reply, RoundTripError> {
         let span = tracing::info_span!(
             target: otel::CALL_SPANS,
             "send",
-            otel.name = %format_args!("send {}", call.route),
+            otel.name = %format_args!("send {}", request.route),
             otel.kind = "producer",
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
             messaging.system = "rabbitmq",
             messaging.operation.type = "send",
             messaging.operation.name = "send",
-            messaging.destination.name = %call.route,
-            messaging.rabbitmq.destination.routing_key = %call.route,
-            messaging.message.id = %call.correlation_id,
-            messaging.message.conversation_id = %call.correlation_id,
-            messaging.message.body.size = call.payload.len(),
+            messaging.destination.name = %request.route,
+            messaging.rabbitmq.destination.routing_key = %request.route,
+            messaging.message.id = %request.correlation_id,
+            messaging.message.conversation_id = %request.correlation_id,
+            messaging.message.body.size = request.payload.len(),
         );
-        let result = self.publish_and_wait(call, &span).instrument(span.clone()).await;
+        let result = self.publish_and_wait(request, &span).instrument(span.clone()).await;
         if let Err(error) = &result {
             span.record("otel.status_code", "ERROR");
             span.record("error.type", error.kind());
@@ -178,69 +210,75 @@ impl AmqpClient {
         result
     }
 
-    async fn publish_and_wait(&self, call: Call, span: &tracing::Span) -> Result<Reply, CallError> {
-        let session = self.session.borrow().clone().filter(|s| !s.is_lost()).ok_or(CallError::NotConnected)?;
+    async fn publish_and_wait(&self, request: AmqpRequest, span: &tracing::Span) -> Result<Reply, RoundTripError> {
+        let session = self.session.borrow().clone().filter(|s| !s.is_lost()).ok_or(RoundTripError::NotConnected)?;
         let slot = session.slot();
-        let correlation_id = call.correlation_id;
+        let correlation_id = request.correlation_id;
         let (_guard, reply) = slot.pending.insert(correlation_id);
         // A channel or session marks itself closed before failing its pending
-        // calls, so a call registered after that sweep sees the mark here and
-        // is not left waiting for a reply that cannot come.
+        // requests, so a request registered after that sweep sees the mark
+        // here and is not left waiting for a reply that cannot come.
         if slot.is_closed() || session.is_lost() {
-            return Err(CallError::ConnectionLost);
+            return Err(RoundTripError::ConnectionLost);
         }
 
         // Boxed, and gone once the broker confirms: publishing is the largest
-        // state of a call (lapin's publish and confirm futures, the request
-        // itself), and a call spends nearly all its life waiting for the
+        // state of a request (lapin's publish and confirm futures, the request
+        // itself), and a request spends nearly all its life waiting for the
         // reply, where it holds only the guard and the receiver. With 10,000
-        // calls in flight that is most of the gateway's memory.
-        Box::pin(self.publish(&slot, call, span)).await?;
+        // requests in flight that is most of the gateway's memory.
+        Box::pin(self.publish(&slot, request, span)).await?;
 
         // The sender is dropped only by `fail_all`, which sends first; a closed
         // channel therefore means the session went away.
-        let reply = reply.await.unwrap_or(Err(CallError::ConnectionLost))?;
-        received(&reply, correlation_id);
-        Ok(reply)
+        let delivered = reply.await.unwrap_or(Err(RoundTripError::ConnectionLost))?;
+        received(&delivered, correlation_id);
+        Ok(delivered.decode())
     }
 
-    /// Publishes `call` on `slot`'s channel and waits for the broker's confirm.
-    async fn publish(&self, slot: &session::Slot, call: Call, span: &tracing::Span) -> Result<(), CallError> {
-        let id = ShortString::from(call.correlation_id.hyphenated().to_string());
-        let properties = request_properties(&call, id.clone(), span);
+    /// Publishes `request` on `slot`'s channel and waits for the broker's
+    /// confirm.
+    async fn publish(
+        &self,
+        slot: &session::Slot,
+        request: AmqpRequest,
+        span: &tracing::Span,
+    ) -> Result<(), RoundTripError> {
+        let id = ShortString::from(request.correlation_id.hyphenated().to_string());
+        let properties = request_properties(&request, id.clone(), span);
         let confirm = slot
             .channel
             .basic_publish(
                 self.exchange.clone(),
-                call.route.as_str().into(),
+                request.route.as_str().into(),
                 BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                &call.payload,
+                &request.payload,
                 properties,
             )
             .await
-            .map_err(|e| CallError::Publish(Arc::new(e)))?;
+            .map_err(|e| RoundTripError::Publish(Arc::new(e)))?;
 
         match (ConfirmGuard(Some(confirm))).await {
             Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
             Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                self.stats.unroutable();
+                self.stats.count(BrokerEvent::Unroutable);
                 // Attribute the return by its correlation id, not by which
                 // confirm it came with: confirms may be coalesced by the broker.
                 let returned_id = returned.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
                 if returned_id.as_deref() == Some(id.as_str()) {
-                    return Err(CallError::Unroutable { route: call.route });
+                    return Err(RoundTripError::Unroutable { route: request.route });
                 }
-                let unroutable = CallError::Unroutable { route: returned.routing_key.to_string() };
+                let unroutable = RoundTripError::Unroutable { route: returned.routing_key.to_string() };
                 if let Some(other) = returned_id.and_then(|s| Uuid::try_parse(&s).ok()) {
                     slot.pending.complete(&other, Err(unroutable));
                 }
                 Ok(())
             }
             Ok(Confirmation::Nack(None)) => {
-                self.stats.nack();
-                Err(CallError::Nacked)
+                self.stats.count(BrokerEvent::Nack);
+                Err(RoundTripError::Nacked)
             }
-            Err(e) => Err(CallError::Publish(Arc::new(e))),
+            Err(e) => Err(RoundTripError::Publish(Arc::new(e))),
         }
     }
 
@@ -254,7 +292,7 @@ impl AmqpClient {
         self.connected.clone()
     }
 
-    /// Calls waiting for a reply right now.
+    /// Requests waiting for a reply right now.
     pub fn pending(&self) -> usize {
         self.session.borrow().as_ref().map_or(0, |s| s.pending())
     }
@@ -268,7 +306,7 @@ impl AmqpClient {
 /// Records the reply's arrival: a CONSUMER span on the reply-to pseudo-queue,
 /// which the conventions keep out of the span name (it is anonymous and
 /// temporary), continuing the worker's trace context when the reply has one.
-fn received(reply: &Reply, correlation_id: Uuid) {
+fn received(reply: &Delivered, correlation_id: Uuid) {
     let span = tracing::info_span!(
         target: otel::CALL_SPANS,
         "receive",
@@ -289,20 +327,20 @@ fn received(reply: &Reply, correlation_id: Uuid) {
     span.in_scope(|| tracing::debug!(%correlation_id, "reply received"));
 }
 
-fn request_properties(call: &Call, id: ShortString, span: &tracing::Span) -> BasicProperties {
+fn request_properties(request: &AmqpRequest, id: ShortString, span: &tracing::Span) -> BasicProperties {
     let mut headers = FieldTable::default();
-    for (name, value) in &call.headers {
+    for (name, value) in &request.headers {
         headers.insert(name.as_str().into(), wire::long_string(value.as_str()));
     }
     otel::propagation::inject_amqp(span, &mut headers);
-    let content_type = (!call.content_type.is_empty()).then(|| call.content_type.as_str().into());
-    wire::request_properties(id, headers, call.deadline.remaining(), content_type)
+    let content_type = (!request.content_type.is_empty()).then(|| request.content_type.as_str().into());
+    wire::request_properties(id, headers, request.deadline.remaining(), content_type)
 }
 
 /// Awaits a publisher confirm; if dropped first (the caller cancelled), hands
 /// the confirm to a task that awaits it. lapin keeps every confirm dropped
 /// unresolved until `wait_for_confirms` runs, which this gateway never calls,
-/// so dropping them would grow memory with every cancelled call.
+/// so dropping them would grow memory with every cancelled request.
 struct ConfirmGuard(Option<PublisherConfirm>);
 
 impl Future for ConfirmGuard {
@@ -334,12 +372,12 @@ impl Drop for ConfirmGuard {
 
 /// Where the supervisor publishes the current session.
 struct Current {
-    session: watch::Sender<Option<Arc<Session>>>,
+    session: watch::Sender<Option<Arc<BrokerSession>>>,
     connected: watch::Sender<bool>,
 }
 
 impl Current {
-    fn set(&self, session: Option<Arc<Session>>) {
+    fn set(&self, session: Option<Arc<BrokerSession>>) {
         let up = session.is_some();
         self.session.send_replace(session);
         self.connected.send_if_modified(|c| std::mem::replace(c, up) != up);
@@ -358,7 +396,7 @@ async fn supervise(
     let mut connected_before = false;
     loop {
         let opened = tokio::select! {
-            opened = Session::open(&config, &stats, &tracker) => opened,
+            opened = BrokerSession::open(&config, &stats, &tracker) => opened,
             () = shutdown.cancelled() => break,
         };
         let session = match opened {
@@ -375,7 +413,7 @@ async fn supervise(
         };
         attempt = 0;
         if connected_before {
-            stats.reconnect();
+            stats.count(BrokerEvent::Reconnect);
         }
         connected_before = true;
         tracing::info!(url = %config.broker.url, channels = config.channels, "connected to the broker");
@@ -395,4 +433,30 @@ async fn supervise(
         }
     }
     current.set(None);
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::AMQPValue;
+
+    use super::*;
+
+    #[test]
+    fn a_reply_is_decoded_per_the_contract() {
+        let mut headers = FieldTable::default();
+        wire::encode_status(&mut headers, Code::PermissionDenied, "no");
+        headers.insert("tenant".into(), wire::long_string("acme"));
+        headers.insert("n".into(), AMQPValue::LongInt(1));
+        headers.insert(wire::TRACEPARENT_HEADER.into(), wire::long_string("00-0-0-00"));
+        let delivered =
+            Delivered { payload: b"hi".to_vec(), content_type: Some("text/plain".into()), headers: Some(headers) };
+        let reply = delivered.decode();
+        assert_eq!((reply.code, reply.message.as_str()), (Code::PermissionDenied, "no"));
+        assert_eq!(reply.payload, b"hi");
+        assert_eq!(reply.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(reply.headers, BTreeMap::from([("tenant".to_owned(), "acme".to_owned())]));
+
+        let bare = Delivered { payload: Vec::new(), content_type: None, headers: None }.decode();
+        assert_eq!((bare.code, bare.headers.len()), (Code::Ok, 0));
+    }
 }

@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{CallError, Reply};
+use super::{Delivered, RoundTripError};
 
-type Waiter = oneshot::Sender<Result<Reply, CallError>>;
+type Waiter = oneshot::Sender<Result<Delivered, RoundTripError>>;
 
 /// Calls waiting for a reply on one channel.
 #[derive(Debug)]
@@ -38,7 +38,10 @@ impl Default for PendingTable {
 
 impl PendingTable {
     /// Registers a call; the returned guard removes it again when dropped.
-    pub(crate) fn insert(self: &Arc<Self>, id: Uuid) -> (PendingGuard, oneshot::Receiver<Result<Reply, CallError>>) {
+    pub(crate) fn insert(
+        self: &Arc<Self>,
+        id: Uuid,
+    ) -> (PendingGuard, oneshot::Receiver<Result<Delivered, RoundTripError>>) {
         let (tx, rx) = oneshot::channel();
         self.entries.lock().insert(id, tx);
         self.gauge.increment(1.0);
@@ -47,7 +50,7 @@ impl PendingTable {
 
     /// Hands a reply to its waiting call. False when no call waits for `id`
     /// (it already ended: deadline, cancellation, or a stranger's reply).
-    pub(crate) fn complete(&self, id: &Uuid, outcome: Result<Reply, CallError>) -> bool {
+    pub(crate) fn complete(&self, id: &Uuid, outcome: Result<Delivered, RoundTripError>) -> bool {
         let waiter = self.remove(id);
         match waiter {
             // A closed receiver means the call ended between our lookup and now.
@@ -58,7 +61,7 @@ impl PendingTable {
 
     /// Fails every waiting call, for example when the channel is gone and no
     /// reply can arrive any more. Returns how many were failed.
-    pub(crate) fn fail_all(&self, error: impl Fn() -> CallError) -> usize {
+    pub(crate) fn fail_all(&self, error: impl Fn() -> RoundTripError) -> usize {
         let drained: Vec<Waiter> = self.entries.lock().drain().map(|(_, tx)| tx).collect();
         let n = drained.len();
         self.gauge.decrement(n as f64);
@@ -99,8 +102,8 @@ impl Drop for PendingGuard {
 mod tests {
     use super::*;
 
-    fn reply() -> Reply {
-        Reply { payload: Vec::new(), content_type: None, headers: None }
+    fn reply() -> Delivered {
+        Delivered { payload: Vec::new(), content_type: None, headers: None }
     }
 
     #[tokio::test]
@@ -130,10 +133,10 @@ mod tests {
     async fn fail_all_fails_everyone() {
         let table = Arc::new(PendingTable::default());
         let waiters: Vec<_> = (0..3).map(|_| table.insert(Uuid::new_v4())).collect();
-        assert_eq!(table.fail_all(|| CallError::ConnectionLost), 3);
+        assert_eq!(table.fail_all(|| RoundTripError::ConnectionLost), 3);
         assert_eq!(table.len(), 0);
         for (_guard, rx) in waiters {
-            assert!(matches!(rx.await.unwrap(), Err(CallError::ConnectionLost)));
+            assert!(matches!(rx.await.unwrap(), Err(RoundTripError::ConnectionLost)));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! One live broker connection and its publisher channels.
 //!
-//! A [`Session`] is opened by the supervisor (`super::supervise`) and replaced
+//! A [`BrokerSession`] is opened by the supervisor (`super::supervise`) and replaced
 //! as a whole when its connection fails. Each channel is in confirm mode and
 //! consumes RabbitMQ Direct Reply-to (`amq.rabbitmq.reply-to`), so replies need
 //! no queue, nothing is shared between gateway instances, and a reply comes
@@ -33,8 +33,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{CallError, Reply, Stats, pending::PendingTable};
-use crate::config::AmqpConfig;
+use super::{Delivered, RoundTripError, Stats, pending::PendingTable};
+use crate::{config::AmqpConfig, metrics::BrokerEvent};
 
 /// Bound on connecting and on each set-up step, so a broker that accepts TCP
 /// but never answers cannot hang the supervisor.
@@ -58,7 +58,7 @@ impl Slot {
 
 /// A connected broker session.
 #[derive(Debug)]
-pub(crate) struct Session {
+pub(crate) struct BrokerSession {
     connection: Connection,
     /// Replaced one by one when the broker closes a channel; the lock is held
     /// only to clone or swap the `Arc`.
@@ -99,7 +99,7 @@ async fn open_slot(connection: &Connection) -> Result<(Arc<Slot>, Consumer), Ope
     Ok((Arc::new(slot), consumer))
 }
 
-impl Session {
+impl BrokerSession {
     /// Connects, opens `config.channels` publisher channels and starts their
     /// reply tasks on `tracker`.
     pub(crate) async fn open(
@@ -164,7 +164,7 @@ impl Session {
     /// Fails every waiting call and marks the session lost.
     pub(crate) fn fail(&self) -> usize {
         self.lost.cancel();
-        self.slots.iter().map(|s| s.read().pending.fail_all(|| CallError::ConnectionLost)).sum()
+        self.slots.iter().map(|s| s.read().pending.fail_all(|| RoundTripError::ConnectionLost)).sum()
     }
 
     /// Closes the connection cleanly, within a bound.
@@ -183,12 +183,18 @@ impl Session {
 /// their calls, and when the broker closes the channel while the connection
 /// stays up, fails the channel's waiting calls (their replies cannot arrive)
 /// and reopens it. A failed connection ends the session instead.
-async fn serve_slot(session: Arc<Session>, index: usize, mut consumer: Consumer, stats: Arc<Stats>, max_reply: usize) {
+async fn serve_slot(
+    session: Arc<BrokerSession>,
+    index: usize,
+    mut consumer: Consumer,
+    stats: Arc<Stats>,
+    max_reply: usize,
+) {
     let mut slot = session.slots[index].read().clone();
     loop {
         let reason = route_replies(&mut consumer, &slot.pending, &stats, max_reply, &session.lost).await;
         slot.closed.cancel();
-        let failed = slot.pending.fail_all(|| CallError::ConnectionLost);
+        let failed = slot.pending.fail_all(|| RoundTripError::ConnectionLost);
         if session.is_lost() {
             return;
         }
@@ -213,7 +219,7 @@ async fn serve_slot(session: Arc<Session>, index: usize, mut consumer: Consumer,
             }
         };
         *session.slots[index].write() = slot.clone();
-        stats.channel_recovered();
+        stats.count(BrokerEvent::ChannelRecovered);
         tracing::info!("reply channel reopened");
     }
 }
@@ -249,9 +255,9 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
         // so the gateway cannot refuse it sooner; it frees the body here, at
         // once, instead of holding it until the caller has read it.
         drop(delivery.data);
-        stats.reply_too_large();
+        stats.count(BrokerEvent::ReplyTooLarge);
         let failed =
-            id.is_some_and(|id| pending.complete(&id, Err(CallError::ReplyTooLarge { size, limit: max_reply })));
+            id.is_some_and(|id| pending.complete(&id, Err(RoundTripError::ReplyTooLarge { size, limit: max_reply })));
         tracing::warn!(
             correlation_id = ?properties.correlation_id(),
             size,
@@ -265,11 +271,11 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
     // reply fails its own call, and nothing else.
     let outcome = match wire::headers_rejected(properties.headers().as_ref()) {
         Some(reason) => {
-            stats.rejected_headers();
+            stats.count(BrokerEvent::RejectedHeaders);
             tracing::warn!(%reason, "a reply's headers were rejected on arrival; failing its call");
-            Err(CallError::ReplyRejected(reason.to_owned()))
+            Err(RoundTripError::ReplyRejected(reason.to_owned()))
         }
-        None => Ok(Reply {
+        None => Ok(Delivered {
             payload: delivery.data,
             content_type: properties.content_type().as_ref().map(|c| c.as_str().to_owned()),
             headers: properties.headers().clone(),
@@ -277,7 +283,7 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
     };
     let delivered = id.is_some_and(|id| pending.complete(&id, outcome));
     if !delivered {
-        stats.unknown_reply();
+        stats.count(BrokerEvent::UnknownReply);
         tracing::debug!(correlation_id = ?properties.correlation_id(), "dropped reply for an unknown or finished call");
     }
 }
@@ -285,7 +291,7 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
 /// Marks the session lost on a connection error, in case no reply task
 /// notices first. lapin reports channel errors as events too: those leave the
 /// connection up and are the reply tasks' to handle.
-async fn watch_connection(session: Arc<Session>) {
+async fn watch_connection(session: Arc<BrokerSession>) {
     let mut events = std::pin::pin!(session.connection.events_listener());
     loop {
         tokio::select! {
