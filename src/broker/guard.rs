@@ -534,12 +534,12 @@ mod tests {
         assert_eq!(check_frame(&good), Verdict::Pass);
         let Verdict::Rewrite { frame, reason } = check_frame(&deliver(&[b'a', 0xff, b'b'])) else { panic!() };
         assert!(reason.contains("routing key"), "{reason}");
-        let Ok((_, AMQPFrame::Method(1, AMQPClass::Basic(AMQPMethod::Deliver(deliver))))) = parse_frame(&frame[..])
+        let Ok((_, AMQPFrame::Method(1, AMQPClass::Basic(AMQPMethod::Deliver(parsed))))) = parse_frame(&frame[..])
         else {
             panic!("lapin cannot parse the rewrite")
         };
-        assert_eq!(deliver.routing_key.as_str(), "a\u{fffd}b");
-        assert_eq!((deliver.delivery_tag, deliver.redelivered), (7, true));
+        assert_eq!(parsed.routing_key.as_str(), "a\u{fffd}b");
+        assert_eq!((parsed.delivery_tag, parsed.redelivered), (7, true));
         // 255 invalid bytes become 255 replacement characters: cut to fit.
         let Verdict::Rewrite { frame, .. } = check_frame(&deliver(&[0xff; 255])) else { panic!() };
         assert!(matches!(parse_frame(&frame[..]), Ok((_, AMQPFrame::Method(..)))));
