@@ -81,28 +81,19 @@ mod tests {
     }
 
     #[test]
-    fn refusals_that_hold_are_permanent() {
-        for kind in [
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
-            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
-            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
-            AMQPErrorKind::Hard(AMQPHardError::INVALIDPATH),
+    fn refusals_that_hold_are_permanent_and_what_may_pass_is_retried() {
+        for (kind, permanent) in [
+            (AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED), true),
+            (AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED), true),
+            (AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED), true),
+            (AMQPErrorKind::Hard(AMQPHardError::INVALIDPATH), true),
+            (AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND), false),
+            (AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED), false),
+            (AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED), false),
+            (AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR), false),
         ] {
             let shown = format!("{kind:?}");
-            assert!(StepError::from(refusal(kind)).is_permanent(), "{shown}");
-        }
-    }
-
-    #[test]
-    fn what_may_pass_is_retried() {
-        for kind in [
-            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
-            AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED),
-            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED),
-            AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR),
-        ] {
-            let shown = format!("{kind:?}");
-            assert!(!StepError::from(refusal(kind)).is_permanent(), "{shown}");
+            assert_eq!(StepError::from(refusal(kind)).is_permanent(), permanent, "{shown}");
         }
         let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
         assert!(!StepError::from(io).is_permanent());
