@@ -1,16 +1,25 @@
 //! How both sides reach the broker: the AMQP URL, kept out of logs, TLS
 //! (`amqps://`, with the system's roots or a CA file of your own), the
-//! [frame guard](guard) every byte from the broker passes through, and the
-//! reconnect backoff. Shared so the gateway and the worker connect and behave
-//! alike when a broker goes away or delivers something hostile.
+//! [frame guard](guard) every byte from the broker passes through, bounded
+//! broker steps and which refusals are permanent (`step`), and the pacing of
+//! reconnect loops (`reconnect`). Shared so the gateway and the worker connect
+//! and behave alike when a broker goes away, refuses them, or delivers
+//! something hostile.
 
 pub mod guard;
+mod reconnect;
+mod step;
 mod transport;
 
-use std::{fmt, io, time::Duration};
+use std::{fmt, io};
 
 use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig, uri::AMQPUri};
 use url::Url;
+
+pub use self::{
+    reconnect::{Reconnect, backoff, sleep_or_stop},
+    step::{STEP_TIMEOUT, StepError, bounded, is_permanent},
+};
 
 /// An AMQP URL whose `Debug` and `Display` hide the password, so it can be
 /// logged and carried in errors without leaking the credential.
@@ -108,17 +117,6 @@ impl Broker {
     }
 }
 
-const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// The delay before reconnect attempt `attempt` (0-based): exponential from
-/// 100 ms, capped at 5 s, with jitter over the upper half of each step so many
-/// processes do not reconnect in lockstep after a broker restart.
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let ceiling = BACKOFF_INITIAL.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
-    ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,14 +136,5 @@ mod tests {
         assert!(!err.to_string().contains("s3cret"), "{err}");
         let err = AmqpUrl::parse("amqp://u:s3cret@[bad").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        assert_eq!(backoff(0, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(0, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff(3, 1.0), Duration::from_millis(800));
-        assert_eq!(backoff(40, 1.0), BACKOFF_MAX);
-        assert_eq!(backoff(40, 0.0), BACKOFF_MAX / 2);
     }
 }

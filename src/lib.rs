@@ -10,7 +10,8 @@
 //! - [`wire`]: the AMQP wire format: header names, how status codes and
 //!   deadlines are encoded, and what a reply means.
 //! - [`broker`]: how both sides reach the broker (the URL, kept out of logs,
-//!   and the reconnect backoff), so gateway and worker behave alike.
+//!   bounded steps, which refusals are permanent, and the pacing of reconnect
+//!   loops), so gateway and worker behave alike.
 //!
 //! Nothing else lives here: both sides of both contracts depend on this crate,
 //! so it changes only when a contract does.

@@ -1,5 +1,5 @@
 //! Telemetry shared by the `gateway` and `worker` binaries: logs, traces and
-//! metrics.
+//! metrics; and the shutdown signal both stop on.
 //!
 //! # Layout
 //!
@@ -12,6 +12,8 @@
 //!   metadata.
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - `logs`: the log line formats.
+//! - [`shutdown_signal`] (`signal`): SIGTERM and SIGINT, which both binaries
+//!   stop on.
 //!
 //! Traces are configured only by the standard OpenTelemetry variables:
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`;
@@ -25,6 +27,7 @@
 mod logs;
 pub mod metrics;
 pub mod propagation;
+mod signal;
 
 use std::{fmt, io::IsTerminal as _, str::FromStr};
 
@@ -41,7 +44,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-pub use crate::metrics::serve_prometheus;
+pub use crate::{metrics::serve_prometheus, signal::shutdown_signal};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -157,6 +157,15 @@ impl Process {
         self.child.id().unwrap_or_else(|| panic!("{} has exited", self.name))
     }
 
+    /// Waits (bounded) for the process to exit on its own; its exit status.
+    pub async fn exited(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => panic!("waiting for {}: {e}", self.name),
+            Err(_) => panic!("{} did not exit within {timeout:?}:\n{}", self.name, self.log()),
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = self.pid();

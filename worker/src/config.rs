@@ -1,4 +1,6 @@
-//! Worker configuration, built once by the caller (the binary parses flags).
+//! Worker configuration, built once by the caller (the binary maps its flags
+//! in [`crate::cli`]) and checked by [`WorkerConfig::validate`] before anything
+//! connects.
 
 use std::time::Duration;
 
@@ -8,8 +10,8 @@ use amqp_gateway::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
-/// The kind of queue a worker declares.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The kind of queue a worker declares (also the `--queue-type` flag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueueType {
     /// A classic queue.
     #[default]
@@ -27,7 +29,9 @@ pub struct WorkerConfig {
     pub broker: Broker,
     /// The route served: the queue consumed, declared if missing.
     pub queue: String,
-    /// Requests handled at once (the AMQP prefetch count).
+    /// Requests handled at once (the AMQP prefetch count). Must be positive:
+    /// 0 means unlimited in AMQP, which would let one worker take a whole
+    /// backlog into memory.
     pub prefetch: u16,
     /// Declare the queue durable (it survives a broker restart). Quorum queues
     /// are always durable. Must match how the queue was first declared, or the
@@ -55,6 +59,30 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
 }
 
+/// A worker configuration that cannot work, refused before connecting.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The prefetch count is 0 (unlimited in AMQP).
+    #[error("the prefetch count must be greater than zero (0 would mean unlimited)")]
+    ZeroPrefetch,
+    /// The body limit is 0, which would refuse every request with a body.
+    #[error("the request body limit must be greater than zero")]
+    ZeroBodyLimit,
+    /// A queue name is empty (the broker would name the queue itself) or
+    /// longer than an AMQP short string.
+    #[error("invalid {role} name {name:?}: a queue name is 1 to {max} bytes", max = wire::SHORT_STRING_MAX)]
+    QueueName {
+        /// Which queue: "queue" or "dead-letter queue".
+        role: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// The dead-letter queue is the route's queue itself, so a rejected
+    /// message would come straight back.
+    #[error("the dead-letter queue must differ from the queue {0:?}")]
+    DeadLettersToItself(String),
+}
+
 impl WorkerConfig {
     /// Defaults for serving `queue` on the broker at `url`.
     pub fn new(url: AmqpUrl, queue: impl Into<String>) -> Self {
@@ -70,6 +98,29 @@ impl WorkerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+
+    /// Checks the invariants the worker relies on; [`crate::spawn`] calls it
+    /// too, so a worker never starts on a configuration that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefetch == 0 {
+            return Err(ConfigError::ZeroPrefetch);
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::ZeroBodyLimit);
+        }
+        let queue_name = |role, name: &str| {
+            let fits = (1..=wire::SHORT_STRING_MAX).contains(&name.len());
+            if fits { Ok(()) } else { Err(ConfigError::QueueName { role, name: name.to_owned() }) }
+        };
+        queue_name("queue", &self.queue)?;
+        if let Some(dead_letters) = &self.dead_letter_queue {
+            queue_name("dead-letter queue", dead_letters)?;
+            if *dead_letters == self.queue {
+                return Err(ConfigError::DeadLettersToItself(self.queue.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// Whether the queues are declared durable.
@@ -99,6 +150,35 @@ mod tests {
 
     fn config() -> WorkerConfig {
         WorkerConfig::new("amqp://127.0.0.1/%2f".parse().unwrap(), "jobs")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused() {
+        let refused = |change: fn(&mut WorkerConfig)| {
+            let mut config = config();
+            change(&mut config);
+            config.validate().unwrap_err()
+        };
+        assert_eq!(refused(|c| c.prefetch = 0), ConfigError::ZeroPrefetch);
+        assert_eq!(refused(|c| c.max_body_bytes = 0), ConfigError::ZeroBodyLimit);
+        assert!(matches!(refused(|c| c.queue = String::new()), ConfigError::QueueName { role: "queue", .. }));
+        assert!(matches!(refused(|c| c.queue = "q".repeat(256)), ConfigError::QueueName { role: "queue", .. }));
+        let dead_letters = refused(|c| c.dead_letter_queue = Some(String::new()));
+        assert!(matches!(dead_letters, ConfigError::QueueName { role: "dead-letter queue", .. }));
+        let itself = refused(|c| c.dead_letter_queue = Some("jobs".into()));
+        assert_eq!(itself, ConfigError::DeadLettersToItself("jobs".into()));
+        assert!(itself.to_string().contains("jobs"), "{itself}");
+    }
+
+    #[test]
+    fn a_queue_name_may_fill_a_short_string() {
+        let config = WorkerConfig { queue: "q".repeat(wire::SHORT_STRING_MAX), ..config() };
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

@@ -9,6 +9,28 @@ use crate::{Request, Response, Status};
 /// A boxed handler, as the binary stores the one it serves.
 pub type BoxHandler = BoxCloneSyncService<Request, Response, Status>;
 
+/// A built-in handler, as the binary's flags choose it.
+#[derive(Clone, Debug)]
+pub enum BuiltIn {
+    /// [`echo`] after `delay`.
+    Echo {
+        /// How long to wait before answering.
+        delay: Duration,
+    },
+    /// [`fail`] with this status.
+    Fail(Status),
+}
+
+impl BuiltIn {
+    /// The handler to serve.
+    pub fn into_handler(self) -> BoxHandler {
+        match self {
+            Self::Echo { delay } => echo(delay),
+            Self::Fail(status) => fail(status),
+        }
+    }
+}
+
 /// Replies with the request's payload, content type and headers, after
 /// `delay` (zero for none: a slow worker for demos and tests otherwise).
 pub fn echo(delay: Duration) -> BoxHandler {

@@ -23,23 +23,39 @@
 //!
 //! # Layout
 //!
-//! - [`consumer`]: connect, declare and consume the route's queue, run the
-//!   handler per request, acknowledge; reconnect; drain on shutdown.
+//! A request's path through the library, one concern per module:
+//!
+//! - `supervisor`: [`spawn`] and [`RunningWorker`]; keeps a connection and a
+//!   consuming channel alive, reconnecting with backoff, and stops on a
+//!   refusal retrying cannot fix.
+//! - `queue`: queue set-up on a fresh channel (confirms, prefetch, declare or
+//!   check the queue, start consuming).
+//! - `consume`: the delivery loop of one channel, and the drain on shutdown.
+//! - `delivery`: one delivery: its span, the checks, the handler, the reply
+//!   and the ack.
 //! - `reply`: the reply message, per the AMQP contract.
 //! - [`request`]: what handlers receive and return.
-//! - [`config`]: how the worker connects and consumes.
+//! - [`config`]: how the worker connects and consumes, and its validation.
+//! - [`error`]: why a worker stopped on its own.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
+//! - [`cli`]: the binary's flags, mapped to a config and a handler.
 //! - `stats`: counters and Prometheus metrics.
 
+pub mod cli;
 pub mod config;
-pub mod consumer;
+mod consume;
+mod delivery;
+pub mod error;
 pub mod handlers;
+mod queue;
 mod reply;
 pub mod request;
 mod stats;
+mod supervisor;
 
-pub use config::{QueueType, WorkerConfig};
-pub use consumer::{RunningWorker, WorkerError, spawn};
+pub use config::{ConfigError, QueueType, WorkerConfig};
+pub use error::{SetupError, WorkerError};
 pub use request::{Request, Response};
 pub use stats::Stats;
+pub use supervisor::{RunningWorker, spawn};
 pub use tonic::{Code, Status};

@@ -2,7 +2,10 @@
 //! key = the request's `reply_to`, `correlation_id` copied, status headers on
 //! errors, under publisher confirms.
 
-use amqp_gateway::wire;
+use amqp_gateway::{
+    broker::{self, StepError},
+    wire,
+};
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::BasicPublishOptions,
@@ -14,15 +17,15 @@ use crate::{Response, Status};
 /// Why a reply was not published.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReplyError {
+    /// The publish failed, or the broker did not confirm it in time.
     #[error(transparent)]
-    Amqp(#[from] lapin::Error),
+    Publish(#[from] StepError),
     #[error("the broker nacked the reply")]
     Nacked,
-    #[error("the broker did not confirm the reply within {0:?}")]
-    Timeout(std::time::Duration),
 }
 
-/// Publishes the reply to a request and waits for the broker's confirm.
+/// Publishes the reply to a request and waits for the broker's confirm,
+/// within the broker step bound.
 pub(crate) async fn publish(
     channel: &Channel,
     reply_to: ShortString,
@@ -30,9 +33,10 @@ pub(crate) async fn publish(
     outcome: Result<Response, Status>,
 ) -> Result<(), ReplyError> {
     let (payload, properties) = encode(correlation_id, outcome, &tracing::Span::current());
-    let confirm =
-        channel.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &payload, properties).await?.await?;
-    match confirm {
+    let publish = async {
+        channel.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &payload, properties).await?.await
+    };
+    match broker::bounded(publish).await? {
         Confirmation::Nack(_) => Err(ReplyError::Nacked),
         // A reply to a caller that is gone is returned or dropped by the
         // broker; either way there is nobody left to answer.
@@ -56,7 +60,7 @@ pub(crate) fn encode(
                 // Reserved names are the gateway's and trace context is set
                 // above: a handler can fake neither a status nor a parent span.
                 let ours = wire::is_reserved(&name) || wire::is_trace_context(&name);
-                if !ours && !name.is_empty() && name.len() <= 255 {
+                if !ours && !name.is_empty() && name.len() <= wire::SHORT_STRING_MAX {
                     headers.insert(name.into(), wire::long_string(value));
                 }
             }
