@@ -51,10 +51,6 @@ pub const SHORT_STRING_MAX: usize = 255;
 /// set them and they are never copied into a `ProcessResponse`.
 pub const RESERVED_PREFIX: &str = "x-";
 
-/// The longest AMQP short string, in bytes: routing keys, queue names,
-/// correlation ids and header names are short strings, so none may be longer.
-pub const SHORT_STRING_MAX: usize = 255;
-
 /// Content type the gateway's built-in error replies use.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 

@@ -197,7 +197,7 @@ fn check_delivery_method(payload: &[u8]) -> Option<(Vec<u8>, Cow<'static, str>)>
         match field {
             Field::Short if std::str::from_utf8(&bytes[1..]).is_err() => {
                 let lossy = String::from_utf8_lossy(&bytes[1..]);
-                let mut cut = lossy.len().min(255);
+                let mut cut = lossy.len().min(crate::wire::SHORT_STRING_MAX);
                 while !lossy.is_char_boundary(cut) {
                     cut -= 1;
                 }
