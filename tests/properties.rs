@@ -4,8 +4,8 @@
 //! Replies come from workers in any language, so their headers are untrusted
 //! input: whatever table a worker sends, decoding must not panic (a panic in
 //! the gateway's reply router would stop it matching replies) and must stay
-//! inside the contract. The oracles here are written from the README's "The
-//! AMQP contract", not from `wire.rs`.
+//! inside the contract. The oracles here are written from the AMQP contract
+//! (`docs/amqp-contract.md`) and the README, not from `wire.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -318,8 +318,9 @@ proptest! {
     }
 }
 
-/// The contract's reading of a numeric header, written from the README: any
-/// integer width, or a decimal string (surrounding whitespace allowed).
+/// The contract's reading of a numeric header, written from
+/// `docs/amqp-contract.md`: any integer width, or a decimal string
+/// (surrounding whitespace allowed).
 fn oracle_integer(value: &AMQPValue) -> Option<i64> {
     let text = |s: &str| s.trim().parse::<i64>().ok();
     match value {

@@ -4,7 +4,7 @@
 The classic tutorial worker (BlockingConnection, basic_consume, reply with
 basic_publish to props.reply_to with the same correlation_id) is already a
 valid worker for the gateway. This one adds what the gateway's AMQP contract
-asks of a production worker (see "The AMQP contract" in the project README):
+asks of a production worker (see docs/amqp-contract.md):
 
 - a request whose `x-deadline` (Unix epoch ms) has passed is acked and dropped
   without work: the caller has already been answered DEADLINE_EXCEEDED;
