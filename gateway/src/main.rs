@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let running = gateway::spawn(config, listener, shutdown.clone())?;
     let mut serving = std::pin::pin!(running.wait());
     tokio::select! {
-        signal = shutdown_signal() => {
+        signal = otel::shutdown_signal() => {
             tracing::info!(signal, "shutting down: draining calls in flight");
             shutdown.cancel();
             serving.await?;
@@ -44,19 +44,6 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM with the signal's name.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }
 
 /// Asks the gateway at `listen` for its health; succeeds when it is SERVING.

@@ -5,8 +5,7 @@
 //! pika (Python) instrumentations, as AMQP long strings, so traces continue
 //! across workers written in any of them, in both directions.
 
-use amqp_gateway::wire;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use opentelemetry::{
     Context, global,
     propagation::{Extractor, Injector},
@@ -21,7 +20,7 @@ impl Injector for AmqpInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         // An empty `tracestate` or `baggage` says nothing: leave it out.
         if !value.is_empty() {
-            self.0.insert(key.into(), wire::long_string(value));
+            self.0.insert(key.into(), long_string(value));
         }
     }
 }
@@ -32,12 +31,23 @@ pub struct AmqpExtractor<'a>(pub Option<&'a FieldTable>);
 
 impl Extractor for AmqpExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0?.inner().get(key).and_then(wire::string)
+        match self.0?.inner().get(key)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
     }
 
     fn keys(&self) -> Vec<&str> {
         self.0.map(|t| t.inner().keys().map(|k| k.as_str()).collect()).unwrap_or_default()
     }
+}
+
+/// A header value as the instrumentations write it: an AMQP long string.
+/// (The contract crate's `wire` module says the same for every string header;
+/// this crate keeps its own two lines so telemetry depends on nothing of ours.)
+fn long_string(value: String) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
 }
 
 /// Reads trace context from HTTP/2 headers (gRPC metadata).
@@ -94,14 +104,14 @@ mod tests {
     fn round_trips_through_amqp_headers_as_long_strings() {
         let mut headers = FieldTable::default();
         headers.insert("traceparent".into(), AMQPValue::ShortString(TRACEPARENT.into()));
-        headers.insert("baggage".into(), wire::long_string("tenant=acme"));
+        headers.insert("baggage".into(), long_string("tenant=acme".into()));
         let context = propagator().extract(&AmqpExtractor(Some(&headers)));
         assert_eq!(context.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 
         let mut out = FieldTable::default();
         propagator().inject_context(&context, &mut AmqpInjector(&mut out));
-        assert_eq!(out.inner().get("traceparent"), Some(&wire::long_string(TRACEPARENT)));
-        assert_eq!(out.inner().get("baggage"), Some(&wire::long_string("tenant=acme")));
+        assert_eq!(out.inner().get("traceparent"), Some(&long_string(TRACEPARENT.into())));
+        assert_eq!(out.inner().get("baggage"), Some(&long_string("tenant=acme".into())));
     }
 
     #[test]
@@ -117,7 +127,7 @@ mod tests {
     fn missing_or_malformed_context_is_empty() {
         assert!(!propagator().extract(&AmqpExtractor(None)).span().span_context().is_valid());
         let mut headers = FieldTable::default();
-        headers.insert("traceparent".into(), wire::long_string("garbage"));
+        headers.insert("traceparent".into(), long_string("garbage".into()));
         assert!(!propagator().extract(&AmqpExtractor(Some(&headers))).span().span_context().is_valid());
     }
 }

@@ -27,7 +27,10 @@ use std::{
     time::Duration,
 };
 
-use amqp_gateway::{broker, wire};
+use amqp_gateway::{
+    broker::{self, Reconnect},
+    wire,
+};
 use bytes::Bytes;
 use lapin::{
     BasicProperties, Confirmation, PublisherConfirm,
@@ -35,7 +38,6 @@ use lapin::{
     types::{FieldTable, ShortString},
 };
 use opentelemetry::trace::TraceContextExt;
-use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::Code;
@@ -392,8 +394,7 @@ async fn supervise(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut attempt = 0u32;
-    let mut connected_before = false;
+    let mut reconnect = Reconnect::new();
     loop {
         let opened = tokio::select! {
             opened = BrokerSession::open(&config, &stats, &tracker) => opened,
@@ -402,20 +403,21 @@ async fn supervise(
         let session = match opened {
             Ok(session) => session,
             Err(error) => {
-                let delay = broker::backoff(attempt, rand::rng().random());
-                attempt = attempt.saturating_add(1);
+                // Kept retrying even when the broker refuses for good (bad
+                // credentials, a missing vhost): the gateway stays up and
+                // reports NOT_SERVING, so an operator's fix of the broker
+                // side heals it without a restart.
+                let delay = reconnect.failed();
                 tracing::warn!(%error, url = %config.broker.url, retry_in = ?delay, "cannot connect to the broker");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => continue,
-                    () = shutdown.cancelled() => break,
+                if broker::sleep_or_stop(delay, &shutdown).await {
+                    continue;
                 }
+                break;
             }
         };
-        attempt = 0;
-        if connected_before {
+        if reconnect.connected() {
             stats.count(BrokerEvent::Reconnect);
         }
-        connected_before = true;
         tracing::info!(url = %config.broker.url, channels = config.channels, "connected to the broker");
         current.set(Some(session.clone()));
 

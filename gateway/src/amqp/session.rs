@@ -9,16 +9,13 @@
 //! channel alone, the task fails the channel's waiting calls and reopens it on
 //! the same connection.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use amqp_gateway::{
-    broker,
+    broker::{self, Reconnect, StepError, bounded},
     wire::{self, DIRECT_REPLY_TO},
 };
 use futures::StreamExt;
@@ -35,10 +32,6 @@ use uuid::Uuid;
 
 use super::{Delivered, RoundTripError, Stats, pending::PendingTable};
 use crate::{config::AmqpConfig, metrics::BrokerEvent};
-
-/// Bound on connecting and on each set-up step, so a broker that accepts TCP
-/// but never answers cannot hang the supervisor.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A publisher channel and the calls waiting for replies on it.
 #[derive(Debug)]
@@ -68,19 +61,15 @@ pub(crate) struct BrokerSession {
     lost: CancellationToken,
 }
 
-/// Why a session could not be opened.
+/// Why a session could not be opened. Each step is bounded
+/// ([`broker::bounded`]), so a broker that accepts TCP but never answers
+/// cannot hang the supervisor.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
-    #[error("broker did not answer within {0:?}")]
-    Timeout(Duration),
     #[error("exchange {0:?} is not usable: {1}")]
-    Exchange(String, Box<OpenError>),
+    Exchange(String, #[source] StepError),
     #[error(transparent)]
-    Amqp(#[from] lapin::Error),
-}
-
-async fn bounded<T>(step: impl Future<Output = lapin::Result<T>>) -> Result<T, OpenError> {
-    Ok(tokio::time::timeout(SETUP_TIMEOUT, step).await.map_err(|_| OpenError::Timeout(SETUP_TIMEOUT))??)
+    Step(#[from] StepError),
 }
 
 /// Opens one publisher channel: confirm mode, consuming Direct Reply-to.
@@ -120,7 +109,7 @@ impl BrokerSession {
                 passive,
                 FieldTable::default(),
             );
-            bounded(declare).await.map_err(|e| OpenError::Exchange(config.exchange.clone(), Box::new(e)))?;
+            bounded(declare).await.map_err(|e| OpenError::Exchange(config.exchange.clone(), e))?;
             let _ = channel.close(200, "exchange checked".into()).await;
         }
 
@@ -170,11 +159,10 @@ impl BrokerSession {
     /// Closes the connection cleanly, within a bound.
     pub(crate) async fn close(&self) {
         self.lost.cancel();
-        let close = self.connection.close(200, "gateway shutting down".into());
-        match tokio::time::timeout(SETUP_TIMEOUT, close).await {
-            Ok(Ok(())) => tracing::info!("AMQP connection closed"),
-            Ok(Err(error)) => tracing::debug!(%error, "AMQP connection close failed (already closed?)"),
-            Err(_) => tracing::warn!("AMQP connection close timed out"),
+        match bounded(self.connection.close(200, "gateway shutting down".into())).await {
+            Ok(()) => tracing::info!("AMQP connection closed"),
+            Err(StepError::Timeout(_)) => tracing::warn!("AMQP connection close timed out"),
+            Err(error) => tracing::debug!(%error, "AMQP connection close failed (already closed?)"),
         }
     }
 }
@@ -199,7 +187,7 @@ async fn serve_slot(
             return;
         }
         tracing::warn!(%reason, failed, "reply channel closed; reopening it");
-        let mut attempt = 0u32;
+        let mut reopen = Reconnect::new();
         (slot, consumer) = loop {
             if !session.connection.status().connected() {
                 session.lost.cancel();
@@ -208,12 +196,10 @@ async fn serve_slot(
             match open_slot(&session.connection).await {
                 Ok(opened) => break opened,
                 Err(error) => {
-                    let delay = broker::backoff(attempt, rand::random());
-                    attempt = attempt.saturating_add(1);
+                    let delay = reopen.failed();
                     tracing::warn!(%error, retry_in = ?delay, "cannot reopen the channel");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = session.lost.cancelled() => return,
+                    if !broker::sleep_or_stop(delay, &session.lost).await {
+                        return;
                     }
                 }
             }
