@@ -1,4 +1,5 @@
-//! How both sides reach the broker: the AMQP URL, kept out of logs, TLS
+//! How both sides reach the broker: the AMQP URL, kept out of logs, and the
+//! flags that give it (`args`), TLS
 //! (`amqps://`, with the system's roots or a CA file of your own), the
 //! [frame guard](guard) every byte from the broker passes through, bounded
 //! broker steps and which refusals are permanent (`step`), and the pacing of
@@ -6,6 +7,7 @@
 //! and behave alike when a broker goes away, refuses them, or delivers
 //! something hostile.
 
+mod args;
 pub mod guard;
 mod reconnect;
 mod step;
@@ -17,6 +19,7 @@ use lapin::{Connection, ConnectionProperties, tcp::OwnedTLSConfig, uri::AMQPUri}
 use url::Url;
 
 pub use self::{
+    args::{BrokerArgs, BrokerArgsError},
     reconnect::{Reconnect, backoff, sleep_or_stop},
     step::{STEP_TIMEOUT, StepError, bounded, is_permanent},
 };

@@ -10,7 +10,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use amqp_gateway::{
-    broker::{AmqpUrl, Broker, InvalidUrl},
+    broker::{Broker, BrokerArgs, BrokerArgsError},
     wire::SHORT_STRING_MAX,
 };
 
@@ -25,20 +25,9 @@ use clap::Parser;
     about = "gRPC-to-AMQP gateway: gateway.v1.Gateway/Process over RabbitMQ request/reply"
 )]
 pub struct Args {
-    /// AMQP URL of the broker (the password is never logged).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub amqp_url: String,
-
-    /// PEM file of CA certificates to trust for `amqps://` instead of the
-    /// system's roots (a broker with a private CA).
-    #[arg(long, env = "AMQP_CA_FILE")]
-    pub amqp_ca_file: Option<std::path::PathBuf>,
+    /// The broker: `--amqp-url`, `--amqp-ca-file`.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// Address the gRPC server listens on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
@@ -174,21 +163,13 @@ pub struct Args {
 /// A configuration error, reported before anything starts.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The AMQP URL did not parse.
+    /// The broker flags were refused.
     #[error(transparent)]
-    AmqpUrl(#[from] InvalidUrl),
+    Broker(#[from] BrokerArgsError),
     /// A route name is empty, too long for an AMQP routing key, or has
     /// characters outside `A-Z a-z 0-9 . _ : -`.
     #[error("invalid route {0:?}: a route is 1 to {SHORT_STRING_MAX} of A-Z a-z 0-9 . _ : -")]
     Route(String),
-    /// The AMQP CA file could not be read.
-    #[error("cannot read the AMQP CA file {path}")]
-    CaFile {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The tokens file could not be read.
     #[error("cannot read the tokens file {path}")]
     TokensFile {
@@ -304,14 +285,7 @@ pub struct Limits {
 impl Args {
     /// Checks the flags and builds the configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let url = AmqpUrl::parse(&self.amqp_url)?;
-        let ca_pem = match &self.amqp_ca_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::CaFile { path: path.display().to_string(), source })?,
-            ),
-            None => None,
-        };
+        let broker = self.broker.into_broker()?;
         let routes: BTreeSet<String> =
             self.routes.into_iter().map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect();
         if routes.is_empty() {
@@ -363,12 +337,7 @@ impl Args {
             return Err(ConfigError::Timeouts { default: self.default_timeout, max: self.max_timeout });
         }
         Ok(Config {
-            amqp: AmqpConfig {
-                broker: Broker { url, ca_pem },
-                exchange: self.exchange,
-                channels: self.channels,
-                max_reply_bytes,
-            },
+            amqp: AmqpConfig { broker, exchange: self.exchange, channels: self.channels, max_reply_bytes },
             listen: self.listen,
             limits: Limits {
                 routes,

@@ -3,9 +3,9 @@
 //! mapping is tested with `Args::try_parse_from`, without touching the
 //! process environment.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use amqp_gateway::broker::{AmqpUrl, Broker};
+use amqp_gateway::broker::{BrokerArgs, BrokerArgsError};
 use clap::{Parser, ValueEnum};
 
 use crate::{Code, ConfigError, QueueType, Status, WorkerConfig, handlers::BuiltIn};
@@ -14,20 +14,9 @@ use crate::{Code, ConfigError, QueueType, Status, WorkerConfig, handlers::BuiltI
 #[derive(Debug, Parser)]
 #[command(name = "worker", version, about = "AMQP worker answering gateway requests with a built-in handler")]
 pub struct Args {
-    /// AMQP URL of the broker (the password is never logged).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub amqp_url: AmqpUrl,
-
-    /// PEM file of CA certificates to trust for `amqps://` instead of the
-    /// system's roots.
-    #[arg(long, env = "AMQP_CA_FILE")]
-    pub amqp_ca_file: Option<PathBuf>,
+    /// The broker: `--amqp-url`, `--amqp-ca-file`.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// Route to serve: the queue consumed (declared if missing).
     #[arg(long, env = "WORKER_ROUTE", default_value = "echo")]
@@ -115,33 +104,21 @@ pub struct Settings {
 }
 
 /// The flags do not make a worker that can run.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The worker configuration was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The AMQP CA file could not be read.
-    #[error("cannot read the AMQP CA file {path}: {reason}")]
-    CaFile {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
+    /// The broker flags were refused.
+    #[error(transparent)]
+    Broker(#[from] BrokerArgsError),
 }
 
 impl Args {
     /// Checks the flags and builds what the binary runs.
     pub fn into_settings(self) -> Result<Settings, CliError> {
-        let ca_pem = match &self.amqp_ca_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| CliError::CaFile { path: path.display().to_string(), reason: e.to_string() })?,
-            ),
-            None => None,
-        };
         let worker = WorkerConfig {
-            broker: Broker { url: self.amqp_url, ca_pem },
+            broker: self.broker.into_broker()?,
             queue: self.route,
             prefetch: self.prefetch,
             durable: self.durable,
@@ -242,19 +219,22 @@ mod tests {
 
     #[test]
     fn a_prefetch_of_zero_is_refused() {
-        assert_eq!(settings(&["--prefetch", "0"]).unwrap_err(), CliError::Config(ConfigError::ZeroPrefetch));
+        assert!(matches!(settings(&["--prefetch", "0"]).unwrap_err(), CliError::Config(ConfigError::ZeroPrefetch)));
     }
 
     #[test]
     fn dead_letters_to_the_queue_itself_are_refused() {
         let refused = settings(&["--route", "jobs", "--dead-letter-queue", "jobs"]).unwrap_err();
-        assert_eq!(refused, CliError::Config(ConfigError::DeadLettersToItself("jobs".into())));
+        assert!(matches!(refused, CliError::Config(ConfigError::DeadLettersToItself(q)) if q == "jobs"));
     }
 
     #[test]
     fn a_missing_ca_file_is_named() {
         let refused = settings(&["--amqp-ca-file", "/nonexistent/ca.pem"]).unwrap_err();
-        assert!(matches!(&refused, CliError::CaFile { path, .. } if path == "/nonexistent/ca.pem"), "{refused}");
+        assert!(
+            matches!(&refused, CliError::Broker(BrokerArgsError::CaFile { path, .. }) if path == "/nonexistent/ca.pem"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -1,0 +1,87 @@
+//! The broker flags both binaries take (`--amqp-url`, `--amqp-ca-file`, with
+//! their environment fallbacks), declared once and flattened into each
+//! binary's own flags, and turned into a [`Broker`].
+
+use std::path::PathBuf;
+
+use super::{AmqpUrl, Broker, InvalidUrl};
+
+/// Where the broker is: flattened into a binary's clap flags with
+/// `#[command(flatten)]`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// AMQP URL of the broker (the password is never logged).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+
+    /// PEM file of CA certificates to trust for `amqps://` instead of the
+    /// system's roots (a broker with a private CA).
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+}
+
+/// The broker flags do not describe a usable broker. The text never holds the
+/// password.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerArgsError {
+    /// The AMQP URL did not parse.
+    #[error(transparent)]
+    Url(#[from] InvalidUrl),
+    /// The CA file could not be read.
+    #[error("cannot read the AMQP CA file {path}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl BrokerArgs {
+    /// Parses the URL and reads the CA file, if any.
+    pub fn into_broker(self) -> Result<Broker, BrokerArgsError> {
+        let url = AmqpUrl::parse(&self.amqp_url)?;
+        let ca_pem = match &self.amqp_ca_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| BrokerArgsError::CaFile { path: path.display().to_string(), source })?,
+            ),
+            None => None,
+        };
+        Ok(Broker { url, ca_pem })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    }
+
+    fn broker(argv: &[&str]) -> Result<Broker, BrokerArgsError> {
+        Flags::try_parse_from([&["test"], argv].concat()).unwrap().broker.into_broker()
+    }
+
+    #[test]
+    fn url_and_ca_file() {
+        let url = "amqp://user:s3cret@broker:5672/%2f";
+        let parsed = broker(&["--amqp-url", url]).unwrap();
+        assert_eq!((parsed.url.expose(), parsed.ca_pem), (url, None));
+        let missing = broker(&["--amqp-url", url, "--amqp-ca-file", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(matches!(&missing, BrokerArgsError::CaFile { path, .. } if path == "/nonexistent/ca.pem"));
+        let bad = broker(&["--amqp-url", "http://user:s3cret@broker/"]).unwrap_err();
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
+    }
+}
