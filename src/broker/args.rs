@@ -7,8 +7,13 @@ use std::path::PathBuf;
 use super::{AmqpUrl, Broker, InvalidUrl};
 
 /// Where the broker is: flattened into a binary's clap flags with
-/// `#[command(flatten)]`.
-#[derive(Clone, Debug, clap::Args)]
+/// `#[command(flatten)]`. The URL stays a string until [`into_broker`]
+/// parses it, so a malformed one is reported by [`InvalidUrl`] (which never
+/// shows the password) rather than by clap (which would echo it); `Debug`
+/// shows it redacted.
+///
+/// [`into_broker`]: BrokerArgs::into_broker
+#[derive(Clone, clap::Args)]
 pub struct BrokerArgs {
     /// AMQP URL of the broker (the password is never logged).
     #[arg(
@@ -41,6 +46,13 @@ pub enum BrokerArgsError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl std::fmt::Debug for BrokerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = AmqpUrl::parse(&self.amqp_url).map_or_else(|_| "<unparseable>".to_owned(), |url| url.to_string());
+        f.debug_struct("BrokerArgs").field("amqp_url", &url).field("amqp_ca_file", &self.amqp_ca_file).finish()
+    }
 }
 
 impl BrokerArgs {
@@ -83,5 +95,10 @@ mod tests {
         assert!(matches!(&missing, BrokerArgsError::CaFile { path, .. } if path == "/nonexistent/ca.pem"));
         let bad = broker(&["--amqp-url", "http://user:s3cret@broker/"]).unwrap_err();
         assert!(!bad.to_string().contains("s3cret"), "{bad}");
+        for url in [url, "http://user:s3cret@broker/", "amqp://user:s3cret@[bad"] {
+            let flags = Flags::try_parse_from(["test", "--amqp-url", url]).unwrap();
+            let shown = format!("{:?}", flags.broker);
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
     }
 }
