@@ -1,7 +1,7 @@
 //! The AMQP wire format between the gateway and its workers.
 //!
-//! Both sides encode and decode through this module, so the contract in the
-//! README ("The AMQP contract") has exactly one implementation in Rust. Workers
+//! Both sides encode and decode through this module, so the contract in
+//! `docs/amqp-contract.md` has exactly one implementation in Rust. Workers
 //! in other languages implement the same rules by hand, which is why decoding is
 //! lenient where real clients differ: amqplib sends small integers as one byte,
 //! some clients send numbers as decimal strings.

@@ -2,28 +2,9 @@
 //! same events as Prometheus metrics, served on `--metrics-listen`
 //! ([`ProcessMetrics`], [`Rejections`] and the handles below).
 //!
-//! Metrics:
-//! - `gateway_calls_total{route, code}`: finished `Process` calls by gRPC
-//!   status code (`route="(invalid)"` for requests naming no allowed route),
-//!   recorded by the request context layer (`context`), which alone sees
-//!   every way a call ends.
-//! - `gateway_call_duration_seconds{route}`: call latency.
-//! - `gateway_calls_in_flight`, `gateway_calls_shed_total`: the in-flight
-//!   limit.
-//! - `gateway_pending_calls`: calls published and waiting for their reply.
-//! - `gateway_rejected_requests_total{reason}`: requests refused before any
-//!   AMQP work (`unauthenticated`, `permission_denied`, `invalid_argument`,
-//!   `payload_too_large`).
-//! - `gateway_replies_dropped_total`: late or unknown replies discarded.
-//! - `gateway_replies_rejected_total{reason}`: replies that failed their call
-//!   instead of reaching the caller: `too_large` (over `--max-reply-bytes`),
-//!   `headers` (nested too deep or malformed, rejected on arrival by the frame
-//!   guard).
-//! - `gateway_unroutable_total`, `gateway_publish_nacks_total`,
-//!   `gateway_broker_reconnects_total`, `gateway_channel_recoveries_total`.
-//! - `gateway_connections_open`, `gateway_connections_refused_total` (at
-//!   `--max-connections`), `gateway_handshake_timeouts_total` (closed at
-//!   `--handshake-timeout`).
+//! Every metric and its labels are listed in `docs/observability.md`;
+//! `gateway/tests/metrics_doc.rs` fails when that list and the names declared
+//! here drift apart.
 //!
 //! Handles are looked up once, when the server is assembled (per route and
 //! code, per rejection reason), so recording on the call path is an atomic
