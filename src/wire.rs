@@ -12,7 +12,8 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties,
+    BasicProperties, Channel, Consumer,
+    options::BasicConsumeOptions,
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use tonic::Code;
@@ -20,6 +21,21 @@ use tonic::Code;
 /// RabbitMQ's Direct Reply-to pseudo-queue: requests name it as `reply_to`,
 /// and the publishing channel consumes it (no-ack) to receive the replies.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Starts consuming [`DIRECT_REPLY_TO`] on `channel`, as RabbitMQ requires
+/// before the channel publishes a request naming it (no-ack mode). The
+/// gateway does this on each publisher channel; `loadgen --mode raw-amqp`
+/// does the same, so its baseline receives replies the same way.
+pub async fn consume_replies(channel: &Channel) -> lapin::Result<Consumer> {
+    channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+}
 
 /// Absolute deadline of a request, Unix epoch milliseconds, as a signed 64-bit
 /// integer (`AMQPValue::LongLongInt`).

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{FieldTable, ShortString},
 };
 use parking_lot::Mutex;
@@ -99,14 +99,7 @@ impl RawClient {
             if flavor == Flavor::Contract {
                 bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
             }
-            // Direct Reply-to requires consuming before publishing, no-ack.
-            let consumer = bounded(channel.basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-                FieldTable::default(),
-            ))
-            .await?;
+            let consumer = bounded(wire::consume_replies(&channel)).await?;
             let slot = Arc::new(Slot { channel, pending: Mutex::new(HashMap::new()) });
             replies.spawn(route_replies(slot.clone(), consumer));
             slots.push(slot);

@@ -16,13 +16,13 @@ use std::sync::{
 
 use amqp_gateway::{
     broker::{self, Reconnect, StepError, bounded},
-    wire::{self, DIRECT_REPLY_TO},
+    wire,
 };
 use futures::StreamExt;
 use lapin::{
     Channel, Connection, Consumer,
     message::Delivery,
-    options::{BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    options::{ConfirmSelectOptions, ExchangeDeclareOptions},
     types::FieldTable,
 };
 use parking_lot::RwLock;
@@ -76,14 +76,7 @@ pub(crate) enum OpenError {
 async fn open_slot(connection: &Connection) -> Result<(Arc<Slot>, Consumer), OpenError> {
     let channel = bounded(connection.create_channel()).await?;
     bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-    // Direct reply-to requires consuming before publishing, in no-ack mode.
-    let consumer = bounded(channel.basic_consume(
-        DIRECT_REPLY_TO.into(),
-        "".into(),
-        BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-        FieldTable::default(),
-    ))
-    .await?;
+    let consumer = bounded(wire::consume_replies(&channel)).await?;
     let slot = Slot { channel, pending: Arc::new(PendingTable::default()), closed: CancellationToken::new() };
     Ok((Arc::new(slot), consumer))
 }
