@@ -375,19 +375,19 @@ fn rejected_table(reason: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// A content header frame with the given flags and property bytes.
-    fn header_frame(flags: u16, properties: &[u8]) -> Vec<u8> {
-        let mut payload = Vec::new();
-        payload.extend_from_slice(&CLASS_BASIC.to_be_bytes());
-        payload.extend_from_slice(&0u16.to_be_bytes());
-        payload.extend_from_slice(&5u64.to_be_bytes());
-        payload.extend_from_slice(&flags.to_be_bytes());
-        payload.extend_from_slice(properties);
-        let mut frame = vec![FRAME_HEADER, 0, 1];
+    /// A frame of type `kind` on channel 1 around `payload`.
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![kind, 0, 1];
         frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(payload);
         frame.push(FRAME_END);
         frame
+    }
+
+    /// A content header frame with the given flags and property bytes.
+    fn header_frame(flags: u16, properties: &[u8]) -> Vec<u8> {
+        let fixed = [CLASS_BASIC.to_be_bytes(), [0, 0]].concat();
+        frame(FRAME_HEADER, &[&fixed[..], &5u64.to_be_bytes(), &flags.to_be_bytes(), properties].concat())
     }
 
     fn short(s: &[u8]) -> Vec<u8> {
@@ -509,14 +509,7 @@ mod tests {
     }
 
     fn method_frame(method: u16, args: &[u8]) -> Vec<u8> {
-        let mut payload = CLASS_BASIC.to_be_bytes().to_vec();
-        payload.extend_from_slice(&method.to_be_bytes());
-        payload.extend_from_slice(args);
-        let mut frame = vec![FRAME_METHOD, 0, 1];
-        frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-        frame.extend_from_slice(&payload);
-        frame.push(FRAME_END);
-        frame
+        frame(FRAME_METHOD, &[&CLASS_BASIC.to_be_bytes()[..], &method.to_be_bytes(), args].concat())
     }
 
     #[test]
