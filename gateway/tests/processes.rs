@@ -180,3 +180,18 @@ fn password_of(url: &str) -> Option<String> {
     let authority = url.split("://").nth(1)?.split('@').next()?;
     authority.split_once(':').map(|(_, p)| p.to_owned()).filter(|p| !p.is_empty())
 }
+
+#[tokio::test]
+async fn several_broker_urls_are_refused_without_showing_a_password() {
+    // A cluster's node list in AMQP_URL used to parse as one URL whose vhost
+    // held the second URL, password and all, which then reached the logs.
+    let list = "amqp://user:first-secret@127.0.0.1:1/%2f,amqp://user:second-secret@127.0.0.1:2/%2f";
+    for (binary, args) in [("gateway", &["--routes", "echo"][..]), ("worker", &[][..])] {
+        let run = Command::new(testkit::bin(binary)).args(args).env("AMQP_URL", list).env("RUST_LOG", "debug").output();
+        let output = tokio::time::timeout(READY, run).await.expect("the binary did not exit").unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.status.success(), "{binary} started with a list of URLs:\n{text}");
+        assert!(text.contains("give one broker URL"), "{binary}:\n{text}");
+        assert!(!text.contains("first-secret") && !text.contains("second-secret"), "{binary} leaked:\n{text}");
+    }
+}
