@@ -2,10 +2,10 @@
 //! headers nested as deep as the negotiated frame size lets one content header
 //! carry (about 26,000 levels at RabbitMQ's default `frame_max`), as tables and
 //! as arrays, and routing keys that are not UTF-8, published byte for byte by
-//! `testkit::raw_amqp`. Before the frame
-//! guard (`amqp_gateway::broker::guard`), one such message aborted the worker
-//! consuming it (and every worker after it, through redelivery), and one such
-//! reply aborted the gateway with every call in flight on it.
+//! `testkit::raw_amqp`. Before the frame guard (`amqp_gateway::broker::guard`),
+//! one such message aborted the worker consuming it (and every worker after
+//! it, through redelivery), and one such reply aborted the gateway with every
+//! call in flight on it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -18,7 +18,7 @@ use amqp_gateway::{
 };
 use futures::StreamExt;
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
     options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
@@ -28,16 +28,7 @@ use testkit::{
 };
 use tonic::Code;
 
-const READY: Duration = Duration::from_secs(20);
 const ANSWERED: Duration = Duration::from_secs(15);
-
-async fn logged(process: &Process, line: &str) {
-    testkit::eventually(&format!("log line {line:?}"), READY, || {
-        let found = process.log().contains(line);
-        async move { found }
-    })
-    .await;
-}
 
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
     testkit::scrape::sample(&testkit::scrape::metrics(addr).await, series).unwrap_or(0.0)
@@ -59,33 +50,79 @@ fn worst_properties(publisher: &RawPublisher, nesting: Nesting, correlation_id: 
     properties
 }
 
+/// A worker binary on a classic queue (a message that killed its consumer
+/// would come back to the next one for ever), and a reply queue of the test's
+/// own that its answers go to.
+struct HostileWorker {
+    worker: Process,
+    route: String,
+    metrics: SocketAddr,
+    channel: Channel,
+    reply_to: String,
+    replies: Consumer,
+    _connection: Connection,
+}
+
+/// An answer: its status (code and message) and body.
+type Answer = ((Code, String), Vec<u8>);
+
+impl HostileWorker {
+    async fn start(prefix: &str) -> Self {
+        let route = testkit::unique(prefix);
+        let metrics = testkit::free_addr();
+        let extra = ["--durable", "false", "--queue-type", "classic", "--metrics-listen", &metrics.to_string()];
+        let worker = testkit::load::worker(&testkit::amqp_url(), &route, &extra).await;
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let reply_to = queue.name().as_str().to_owned();
+        let replies = channel
+            .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+        Self { worker, route, metrics, channel, reply_to, replies, _connection: connection }
+    }
+
+    /// The next `count` answers, by correlation id; each id answered once.
+    async fn answers(&mut self, count: usize) -> HashMap<String, Answer> {
+        let mut answers = HashMap::new();
+        while answers.len() < count {
+            let delivery = tokio::time::timeout(ANSWERED, self.replies.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {answers:?} answered; worker log:\n{}", self.worker.log()))
+                .unwrap()
+                .unwrap();
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            let id = delivery.properties.correlation_id().clone().unwrap().to_string();
+            let status = wire::decode_status(delivery.properties.headers().as_ref());
+            assert!(answers.insert(id.clone(), (status, delivery.data)).is_none(), "{id} answered twice");
+        }
+        answers
+    }
+
+    /// Waits until the worker has counted `count` outcomes (each is counted
+    /// just after its reply is confirmed), then checks there are no more: no
+    /// message was taken twice.
+    async fn took_each_once(&self, count: f64) {
+        let taken =
+            || async { testkit::scrape::total(&testkit::scrape::metrics(self.metrics).await, "worker_messages_total") };
+        testkit::eventually("every outcome counted", ANSWERED, || async { taken().await >= count }).await;
+        assert_eq!(taken().await, count, "a message was taken more than once");
+    }
+}
+
 #[tokio::test]
 async fn the_worker_answers_the_deepest_headers_once_and_keeps_serving() {
-    let url = testkit::amqp_url();
-    let route = testkit::unique("hostile-worker");
-    let metrics = testkit::free_addr();
-    // A classic queue: a message that killed its consumer would come back to
-    // the next one for ever.
-    let mut worker = Process::spawn(
-        "worker",
-        &["--route", &route, "--durable", "false", "--queue-type", "classic", "--metrics-listen", &metrics.to_string()],
-        &[("AMQP_URL", url.as_str())],
-    );
-    logged(&worker, "consuming").await;
-
-    let connection = connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    let replies = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    let reply_to = replies.name().as_str().to_owned();
-    let mut consumer = channel
-        .basic_consume(replies.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
-
-    let mut publisher = RawPublisher::connect(&url).await;
+    let mut fixture = HostileWorker::start("hostile-worker").await;
+    let (route, reply_to) = (fixture.route.clone(), fixture.reply_to.clone());
+    let mut publisher = RawPublisher::connect(&testkit::amqp_url()).await;
     println!("negotiated frame_max: {} bytes", publisher.frame_max());
     let at_limit = deepest_headers(Nesting::Tables, 4 + 6 * (MAX_DEPTH - 1));
     assert_eq!(at_limit.1, MAX_DEPTH);
@@ -100,18 +137,7 @@ async fn the_worker_answers_the_deepest_headers_once_and_keeps_serving() {
     }
     publisher.close().await;
 
-    let mut answers = HashMap::new();
-    while answers.len() < requests.len() {
-        let delivery = tokio::time::timeout(ANSWERED, consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {answers:?} answered; worker log:\n{}", worker.log()))
-            .unwrap()
-            .unwrap();
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-        let id = delivery.properties.correlation_id().clone().unwrap().to_string();
-        let status = wire::decode_status(delivery.properties.headers().as_ref());
-        assert!(answers.insert(id.clone(), (status, delivery.data)).is_none(), "{id} answered twice");
-    }
+    let answers = fixture.answers(requests.len()).await;
     for id in ["tables", "arrays"] {
         let ((code, message), _) = &answers[id];
         assert_eq!(*code, Code::InvalidArgument, "{id}: {message}");
@@ -124,7 +150,8 @@ async fn the_worker_answers_the_deepest_headers_once_and_keeps_serving() {
     }
 
     // Alive, each message taken once, nothing left to redeliver.
-    let queue = channel
+    let queue = fixture
+        .channel
         .queue_declare(
             route.as_str().into(),
             QueueDeclareOptions { passive: true, ..Default::default() },
@@ -133,12 +160,10 @@ async fn the_worker_answers_the_deepest_headers_once_and_keeps_serving() {
         .await
         .unwrap();
     assert_eq!((queue.message_count(), queue.consumer_count()), (0, 1));
-    assert_eq!(metric(metrics, &format!("worker_headers_rejected_total{{route=\"{route}\"}}")).await, 2.0);
-    // Outcomes are counted just after each reply is confirmed: wait for the
-    // fourth, then no message may have been taken twice.
-    let taken = || async { testkit::scrape::total(&testkit::scrape::metrics(metrics).await, "worker_messages_total") };
-    testkit::eventually("four outcomes counted", ANSWERED, || async { taken().await >= 4.0 }).await;
-    assert_eq!(taken().await, 4.0, "a message was taken more than once");
+    let rejected = format!("worker_headers_rejected_total{{route=\"{route}\"}}");
+    assert_eq!(metric(fixture.metrics, &rejected).await, 2.0);
+    fixture.took_each_once(4.0).await;
+    let worker = &mut fixture.worker;
     assert!(worker.terminate(Duration::from_secs(20)).await.success(), "{}", worker.log());
     assert!(worker.log().contains("refusing a request whose headers were rejected"), "{}", worker.log());
 }
@@ -153,7 +178,7 @@ async fn the_gateway_fails_only_the_call_whose_reply_nests_too_deep() {
         &["--listen", &addr.to_string(), "--routes", &route, "--metrics-listen", &metrics.to_string()],
         &[("AMQP_URL", url.as_str())],
     );
-    logged(&gateway, "connected to the broker").await;
+    testkit::load::logged(&gateway, "connected to the broker").await;
 
     // The test is the worker: requests "tables" and "arrays" are answered
     // with the deepest headers a reply can carry, "ok" normally, but only
@@ -231,17 +256,8 @@ async fn a_routing_key_that_is_not_utf8_is_delivered_readably() {
     // RabbitMQ passes any bytes as a routing key through a topic exchange;
     // lapin refuses a delivery whose routing key is not UTF-8 and drops the
     // connection, so before the guard the message came back for ever.
-    let url = testkit::amqp_url();
-    let route = testkit::unique("hostile-key");
-    let metrics = testkit::free_addr();
-    let mut worker = Process::spawn(
-        "worker",
-        &["--route", &route, "--durable", "false", "--queue-type", "classic", "--metrics-listen", &metrics.to_string()],
-        &[("AMQP_URL", url.as_str())],
-    );
-    logged(&worker, "consuming").await;
-    let connection = connect().await;
-    let channel = connection.create_channel().await.unwrap();
+    let mut fixture = HostileWorker::start("hostile-key").await;
+    let (route, reply_to, channel) = (fixture.route.clone(), fixture.reply_to.clone(), fixture.channel.clone());
     let binding = format!("{route}.#");
     channel
         .queue_bind(
@@ -253,17 +269,7 @@ async fn a_routing_key_that_is_not_utf8_is_delivered_readably() {
         )
         .await
         .unwrap();
-    let replies = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    let reply_to = replies.name().as_str().to_owned();
-    let mut consumer = channel
-        .basic_consume(replies.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
-
-    let mut publisher = RawPublisher::connect(&url).await;
+    let mut publisher = RawPublisher::connect(&testkit::amqp_url()).await;
     let key = [route.as_bytes(), b".\xff\xfe"].concat();
     publisher.publish("amq.topic", &key, &properties("bad-key", &reply_to, None), b"bad-key").await;
     publisher
@@ -271,24 +277,15 @@ async fn a_routing_key_that_is_not_utf8_is_delivered_readably() {
         .await;
     publisher.close().await;
 
-    let mut answered = Vec::new();
-    while answered.len() < 2 {
-        let delivery = tokio::time::timeout(ANSWERED, consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {answered:?} answered; worker log:\n{}", worker.log()))
-            .unwrap()
-            .unwrap();
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-        let (code, message) = wire::decode_status(delivery.properties.headers().as_ref());
-        assert_eq!(code, Code::Ok, "{message}");
-        answered.push(String::from_utf8(delivery.data).unwrap());
+    let answers = fixture.answers(2).await;
+    for id in ["bad-key", "good-key"] {
+        let ((code, message), body) = &answers[id];
+        assert_eq!(*code, Code::Ok, "{id}: {message}");
+        assert_eq!(body, id.as_bytes());
     }
-    answered.sort();
-    assert_eq!(answered, ["bad-key", "good-key"]);
-    let taken = || async { testkit::scrape::total(&testkit::scrape::metrics(metrics).await, "worker_messages_total") };
-    testkit::eventually("two outcomes counted", ANSWERED, || async { taken().await >= 2.0 }).await;
-    assert_eq!(taken().await, 2.0, "a message was taken more than once");
+    fixture.took_each_once(2.0).await;
     let reconnects = format!("worker_broker_reconnects_total{{route=\"{route}\"}}");
-    assert_eq!(metric(metrics, &reconnects).await, 0.0, "the worker lost its connection");
+    assert_eq!(metric(fixture.metrics, &reconnects).await, 0.0, "the worker lost its connection");
+    let worker = &mut fixture.worker;
     assert!(worker.terminate(Duration::from_secs(20)).await.success(), "{}", worker.log());
 }

@@ -19,13 +19,11 @@ use std::{
 };
 
 use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
-use testkit::Process;
+use testkit::{Process, load::logged};
 use tonic::Code;
 
 /// Metric name → label names, as the table in `docs/observability.md` has them.
 type Table = BTreeMap<String, BTreeSet<String>>;
-
-const READY: Duration = Duration::from_secs(20);
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -161,14 +159,6 @@ fn label_names(mut labels: &str) -> Vec<String> {
         labels = &rest[end + 1..];
     }
     names
-}
-
-async fn logged(process: &Process, line: &str) {
-    testkit::eventually(&format!("log line {line:?}"), READY, || {
-        let found = process.log().contains(line);
-        async move { found }
-    })
-    .await;
 }
 
 #[tokio::test]

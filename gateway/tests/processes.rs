@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use testkit::Process;
+use testkit::{Process, load::logged};
 use tokio::process::Command;
 
 const READY: Duration = Duration::from_secs(20);
@@ -23,15 +23,6 @@ async fn grpcurl(addr: SocketAddr, flags: &[&str], command: &[&str]) -> (bool, S
         .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
-}
-
-/// Polls until `process` has logged `line`.
-async fn logged(process: &Process, line: &str) {
-    testkit::eventually(&format!("log line {line:?}"), READY, || {
-        let found = process.log().contains(line);
-        async move { found }
-    })
-    .await;
 }
 
 #[tokio::test]

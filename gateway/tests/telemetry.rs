@@ -10,20 +10,10 @@ use std::{net::SocketAddr, time::Duration};
 use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
 use testkit::{
     Process,
+    load::logged,
     otlp::{OtlpCollector, STATUS_ERROR, Span, kind},
 };
 use tonic::{Code, transport::Channel};
-
-const READY: Duration = Duration::from_secs(20);
-
-/// Polls until `process` has logged `line`.
-async fn logged(process: &Process, line: &str) {
-    testkit::eventually(&format!("log line {line:?}"), READY, || {
-        let found = process.log().contains(line);
-        async move { found }
-    })
-    .await;
-}
 
 /// A random W3C trace id and parent span id, as a caller's tracer makes them.
 fn caller_context() -> (String, String) {

@@ -372,11 +372,11 @@ fn rejected_table(reason: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A frame of type `kind` on channel 1 around `payload`.
-    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut frame = vec![kind, 0, 1];
         frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
         frame.extend_from_slice(payload);

@@ -243,7 +243,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::guard::{FRAME_END, FRAME_HEADER};
+    use crate::broker::guard::{FRAME_HEADER, tests::frame};
 
     /// A reader that yields `chunks` one per read (split further when the
     /// caller's buffer is smaller), then EOF.
@@ -274,14 +274,6 @@ mod tests {
             }
         }
         panic!("the guard did not reach EOF");
-    }
-
-    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![kind, 0, 1];
-        frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-        frame.extend_from_slice(payload);
-        frame.push(FRAME_END);
-        frame
     }
 
     /// A basic content header whose headers table holds a field name that is not UTF-8.
