@@ -5,7 +5,7 @@
 //!
 //! A call travels through these files, in order:
 //!
-//! - [`server`]: assembly. Health and reflection, graceful shutdown, HTTP/2
+//! - [`server`]: assembly. Health ([`health`]) and reflection, graceful shutdown, HTTP/2
 //!   serving (`transport`), and the layers around `Process`: [`limit::InFlightLimitLayer`]
 //!   (load shedding), [`context::RequestContextLayer`] (the call's
 //!   [`deadline`] and correlation id, DEADLINE_EXCEEDED when it passes, and
@@ -32,6 +32,7 @@ pub mod config;
 pub mod context;
 pub mod deadline;
 pub mod error;
+pub mod health;
 pub mod limit;
 pub mod metrics;
 pub mod server;

@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        broker = %config.amqp.broker.url,
+        broker = %config.amqp.broker,
         routes = ?config.limits.routes,
         default_route = ?config.limits.default_route,
         "gateway starting"
@@ -61,8 +61,13 @@ async fn probe(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach the gateway on {addr}"))?;
     let request = HealthCheckRequest { service: amqp_gateway::SERVICE_NAME.into() };
-    let status = HealthClient::new(channel).check(request).await?.into_inner().status();
+    let response = HealthClient::new(channel).check(request).await?;
+    let node = response.metadata().get(gateway::health::NODE_HEADER).and_then(|n| n.to_str().ok()).map(str::to_owned);
+    let status = response.into_inner().status();
     anyhow::ensure!(status == ServingStatus::Serving, "gateway on {addr} is {status:?}");
-    println!("SERVING");
+    match node {
+        Some(node) => println!("SERVING (broker node {node})"),
+        None => println!("SERVING"),
+    }
     Ok(())
 }

@@ -89,6 +89,16 @@ impl Default for Stats {
     }
 }
 
+/// Sets `gateway_broker_connected{node}`: 1 for the node the broker session
+/// is on, 0 for every other node of the list (all 0 while disconnected), so a
+/// dashboard sees which node each gateway uses and when it moves.
+pub(crate) fn broker_node(nodes: &[amqp_gateway::broker::AmqpUrl], connected: Option<&str>) {
+    for node in nodes {
+        let up = connected == Some(node.node());
+        metrics::gauge!("gateway_broker_connected", "node" => node.node().to_owned()).set(if up { 1.0 } else { 0.0 });
+    }
+}
+
 /// A broker event counted in [`Stats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BrokerEvent {
@@ -259,6 +269,10 @@ fn describe() {
     describe_counter!("gateway_unroutable_total", "Requests returned by the broker: no queue bound to the route");
     describe_counter!("gateway_publish_nacks_total", "Requests the broker refused (nack)");
     describe_counter!("gateway_broker_reconnects_total", "Broker sessions re-established after a loss");
+    describe_gauge!(
+        "gateway_broker_connected",
+        "1 for the broker node (host:port) the session is on, 0 for the others"
+    );
     describe_counter!("gateway_channel_recoveries_total", "Channels reopened after the broker closed them");
     describe_gauge!("gateway_connections_open", "Client connections open now");
     describe_counter!("gateway_connections_refused_total", "Client connections closed at once: --max-connections open");

@@ -7,11 +7,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use amqp_gateway::{FILE_DESCRIPTOR_SET, SERVICE_NAME, pb::gateway_server::GatewayServer};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use amqp_gateway::{FILE_DESCRIPTOR_SET, pb::gateway_server::GatewayServer};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
-use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer;
 use tracing::Instrument;
 
@@ -21,6 +20,7 @@ use crate::{
     config::Config,
     context::RequestContextLayer,
     deadline::DeadlinePolicy,
+    health,
     limit::InFlightLimitLayer,
     metrics::ProcessMetrics,
     service::GatewayService,
@@ -79,9 +79,7 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let amqp_shutdown = CancellationToken::new();
     let client = AmqpClient::start(config.amqp.clone(), amqp_shutdown.clone(), &tracker);
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    tracker
-        .spawn(report_health(client.connected(), health, shutdown.clone()).instrument(tracing::info_span!("health")));
+    let health_service = health::service(client.node(), shutdown.clone(), &tracker);
 
     // v1 and v1alpha both, so grpcurl and other tools of any age work.
     let reflection = || {
@@ -146,22 +144,4 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
         .instrument(tracing::info_span!("gateway")),
     );
     Ok(Running { client, in_flight, task })
-}
-
-/// Reports SERVING while the broker session is up and NOT_SERVING otherwise,
-/// and NOT_SERVING from the start of shutdown on.
-async fn report_health(mut connected: watch::Receiver<bool>, health: HealthReporter, shutdown: CancellationToken) {
-    loop {
-        let status = if *connected.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
-        for service in ["", SERVICE_NAME] {
-            health.set_service_status(service, status).await;
-        }
-        tokio::select! {
-            changed = connected.changed() => if changed.is_err() { break },
-            () = shutdown.cancelled() => break,
-        }
-    }
-    for service in ["", SERVICE_NAME] {
-        health.set_service_status(service, ServingStatus::NotServing).await;
-    }
 }

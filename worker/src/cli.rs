@@ -159,7 +159,7 @@ mod tests {
         let library = WorkerConfig::new(URL.parse().unwrap(), "echo");
         let worker = &settings.worker;
         assert_eq!(worker.queue, "echo");
-        assert_eq!(worker.broker.url.expose(), URL);
+        assert_eq!(worker.broker.nodes()[0].expose(), URL);
         assert_eq!(worker.broker.ca_pem, None);
         assert_eq!(
             (worker.prefetch, worker.durable, worker.declare, worker.queue_type, worker.delivery_limit),

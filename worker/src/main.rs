@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let config = settings.worker;
-    tracing::info!(broker = %config.broker.url, route = %config.queue, handler = ?settings.handler, "worker starting");
+    tracing::info!(broker = %config.broker, route = %config.queue, handler = ?settings.handler, "worker starting");
     let shutdown = CancellationToken::new();
     let running = worker::spawn(config, settings.handler.into_handler(), shutdown.clone());
     let mut serving = std::pin::pin!(running.wait());

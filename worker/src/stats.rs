@@ -41,6 +41,9 @@ pub struct Stats {
     /// Requests whose headers were rejected on arrival (nested too deep or
     /// malformed), answered INVALID_ARGUMENT without running the handler.
     pub headers_rejected: AtomicU64,
+    /// The broker node (`host:port`) the worker is connected to now.
+    node: parking_lot::Mutex<Option<String>>,
+    route: String,
     metrics: Metrics,
 }
 
@@ -73,6 +76,8 @@ impl Stats {
             reconnects: AtomicU64::new(0),
             channel_recoveries: AtomicU64::new(0),
             headers_rejected: AtomicU64::new(0),
+            node: parking_lot::Mutex::new(None),
+            route: route().1,
             metrics: Metrics {
                 ok: outcome("ok"),
                 error: outcome("error"),
@@ -130,6 +135,23 @@ impl Stats {
         self.metrics.headers_rejected.increment(1);
     }
 
+    /// The broker node (`host:port`) the worker is connected to now, if any.
+    pub fn node(&self) -> Option<String> {
+        self.node.lock().clone()
+    }
+
+    /// Records the node connected to (None: disconnected), and sets
+    /// `worker_broker_connected{route, node}`: 1 for that node, 0 for the
+    /// other nodes of the list.
+    pub(crate) fn broker_node(&self, nodes: &[amqp_gateway::broker::AmqpUrl], connected: Option<&str>) {
+        for node in nodes {
+            let up = connected == Some(node.node());
+            let labels = [("route", self.route.clone()), ("node", node.node().to_owned())];
+            metrics::gauge!("worker_broker_connected", &labels).set(if up { 1.0 } else { 0.0 });
+        }
+        *self.node.lock() = connected.map(str::to_owned);
+    }
+
     pub(crate) fn channel_recovered(&self) {
         self.channel_recoveries.fetch_add(1, Ordering::Relaxed);
         self.metrics.channel_recoveries.increment(1);
@@ -146,6 +168,10 @@ fn describe() {
     metrics::describe_gauge!("worker_requests_in_flight", "Requests being handled now");
     metrics::describe_counter!("worker_handler_panics_total", "Handler panics, answered INTERNAL");
     metrics::describe_counter!("worker_broker_reconnects_total", "Broker connections re-established after a loss");
+    metrics::describe_gauge!(
+        "worker_broker_connected",
+        "1 for the broker node (host:port) the worker's connection is on, 0 for the others"
+    );
     metrics::describe_counter!("worker_channel_recoveries_total", "Channels reopened after the broker closed them");
     metrics::describe_counter!(
         "worker_headers_rejected_total",

@@ -9,7 +9,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use amqp_gateway::broker::{self, Reconnect};
+use amqp_gateway::broker::{self, Connected, Reconnect};
 use lapin::Connection;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -101,16 +101,22 @@ where
         let mut reconnect = Reconnect::new();
         loop {
             let connected = tokio::select! {
-                connected = broker::bounded(self.config.broker.connect(CONNECTION_NAME)) => connected,
+                connected = self.config.broker.connect(CONNECTION_NAME) => connected,
                 () = self.shutdown.cancelled() => return Ok(()),
             };
             match connected {
-                Ok(connection) => {
+                Ok(Connected { connection, node }) => {
+                    let node = node.node().to_owned();
                     if reconnect.connected() {
                         self.stats.reconnected();
                     }
-                    match self.serve_connection(&connection).await {
-                        Ok(Stopped::Lost(reason)) => tracing::warn!(%reason, "broker connection lost; reconnecting"),
+                    self.stats.broker_node(self.config.broker.nodes(), Some(&node));
+                    let served = self.serve_connection(&connection, &node).await;
+                    self.stats.broker_node(self.config.broker.nodes(), None);
+                    match served {
+                        Ok(Stopped::Lost(reason)) => {
+                            tracing::warn!(%node, %reason, "broker connection lost; reconnecting to the next node");
+                        }
                         Ok(Stopped::Shutdown) => {
                             close(&connection, "worker shutting down").await;
                             return Ok(());
@@ -122,10 +128,10 @@ where
                     }
                 }
                 Err(error) if error.is_permanent() => {
-                    let step = format_args!("connecting to {}", self.config.broker.url);
-                    return Err(WorkerError::Refused(SetupError::new(step, error)));
+                    let (node, error) = error.into_last();
+                    return Err(WorkerError::Refused(SetupError::new(format_args!("connecting to {node}"), error)));
                 }
-                Err(error) => tracing::warn!(%error, url = %self.config.broker.url, "cannot connect to the broker"),
+                Err(error) => tracing::warn!(%error, "cannot connect to the broker"),
             }
             let delay = reconnect.failed();
             tracing::debug!(retry_in = ?delay, "waiting before reconnecting");
@@ -142,7 +148,7 @@ where
     ///
     /// `&mut self` although it only reads: a shared reference held across an
     /// await would need the handler to be `Sync`, which handlers need not be.
-    async fn serve_connection(&mut self, connection: &Connection) -> Result<Stopped, SetupError> {
+    async fn serve_connection(&mut self, connection: &Connection, node: &str) -> Result<Stopped, SetupError> {
         let mut reopen = Reconnect::new();
         loop {
             match queue::subscribe(&self.config, connection).await {
@@ -150,7 +156,7 @@ where
                     if reopen.connected() {
                         self.stats.channel_recovered();
                     }
-                    tracing::info!(url = %self.config.broker.url, prefetch = self.config.prefetch, "consuming");
+                    tracing::info!(%node, prefetch = self.config.prefetch, "consuming");
                     self.consuming.send_replace(true);
                     let stopped = subscription.serve(self).await;
                     self.consuming.send_replace(false);

@@ -28,7 +28,7 @@ use std::{
 };
 
 use amqp_gateway::{
-    broker::{self, Reconnect},
+    broker::{self, AmqpUrl, Reconnect},
     wire,
 };
 use bytes::Bytes;
@@ -159,7 +159,7 @@ pub struct AmqpRequest {
 #[derive(Clone, Debug)]
 pub struct AmqpClient {
     session: watch::Receiver<Option<Arc<BrokerSession>>>,
-    connected: watch::Receiver<bool>,
+    node: watch::Receiver<Option<String>>,
     exchange: ShortString,
     stats: Arc<Stats>,
 }
@@ -170,13 +170,14 @@ impl AmqpClient {
     /// [`RoundTripError::NotConnected`] until the first connection is up.
     pub fn start(config: AmqpConfig, shutdown: CancellationToken, tracker: &TaskTracker) -> Self {
         let (session_tx, session) = watch::channel(None);
-        let (connected_tx, connected) = watch::channel(false);
+        let (node_tx, node) = watch::channel(None);
         let stats = Arc::new(Stats::default());
         let exchange = ShortString::from(config.exchange.clone());
-        let current = Current { session: session_tx, connected: connected_tx };
+        let current = Current { session: session_tx, node: node_tx, nodes: config.broker.nodes().to_vec() };
+        current.set(None);
         let supervisor = supervise(config, current, stats.clone(), shutdown, tracker.clone());
         tracker.spawn(supervisor.instrument(tracing::info_span!("amqp")));
-        Self { session, connected, exchange, stats }
+        Self { session, node, exchange, stats }
     }
 
     /// Publishes `request` and waits for its reply. The caller bounds the
@@ -289,9 +290,10 @@ impl AmqpClient {
         self.session.borrow().as_ref().is_some_and(|s| !s.is_lost())
     }
 
-    /// Follows whether a broker session is up, for health reporting.
-    pub fn connected(&self) -> watch::Receiver<bool> {
-        self.connected.clone()
+    /// Follows the broker node (`host:port`) a session is up on, None while
+    /// there is none, for health reporting.
+    pub fn node(&self) -> watch::Receiver<Option<String>> {
+        self.node.clone()
     }
 
     /// Requests waiting for a reply right now.
@@ -372,17 +374,24 @@ impl Drop for ConfirmGuard {
     }
 }
 
-/// Where the supervisor publishes the current session.
+/// Where the supervisor publishes the current session, and the node it is on
+/// (for health reporting and `gateway_broker_connected`).
 struct Current {
     session: watch::Sender<Option<Arc<BrokerSession>>>,
-    connected: watch::Sender<bool>,
+    node: watch::Sender<Option<String>>,
+    nodes: Vec<AmqpUrl>,
 }
 
 impl Current {
     fn set(&self, session: Option<Arc<BrokerSession>>) {
-        let up = session.is_some();
+        let node = session.as_ref().map(|s| s.node().to_owned());
+        crate::metrics::broker_node(&self.nodes, node.as_deref());
         self.session.send_replace(session);
-        self.connected.send_if_modified(|c| std::mem::replace(c, up) != up);
+        self.node.send_if_modified(|current| {
+            let changed = *current != node;
+            *current = node;
+            changed
+        });
     }
 }
 
@@ -408,7 +417,7 @@ async fn supervise(
                 // reports NOT_SERVING, so an operator's fix of the broker
                 // side heals it without a restart.
                 let delay = reconnect.failed();
-                tracing::warn!(%error, url = %config.broker.url, retry_in = ?delay, "cannot connect to the broker");
+                tracing::warn!(%error, retry_in = ?delay, "cannot connect to the broker");
                 if broker::sleep_or_stop(delay, &shutdown).await {
                     continue;
                 }
@@ -418,14 +427,14 @@ async fn supervise(
         if reconnect.connected() {
             stats.count(BrokerEvent::Reconnect);
         }
-        tracing::info!(url = %config.broker.url, channels = config.channels, "connected to the broker");
+        tracing::info!(node = %session.node(), channels = config.channels, "connected to the broker");
         current.set(Some(session.clone()));
 
         tokio::select! {
             () = session.lost() => {
                 current.set(None);
                 let failed = session.fail();
-                tracing::warn!(failed, "broker session lost; reconnecting");
+                tracing::warn!(node = %session.node(), failed, "broker session lost; reconnecting to the next node");
             }
             () = shutdown.cancelled() => {
                 current.set(None);

@@ -15,7 +15,7 @@ use std::sync::{
 };
 
 use amqp_gateway::{
-    broker::{self, Reconnect, StepError, bounded},
+    broker::{self, ConnectError, Connected, Reconnect, StepError, bounded},
     wire,
 };
 use futures::StreamExt;
@@ -53,6 +53,8 @@ impl Slot {
 #[derive(Debug)]
 pub(crate) struct BrokerSession {
     connection: Connection,
+    /// The node connected to, as `host:port`.
+    node: String,
     /// Replaced one by one when the broker closes a channel; the lock is held
     /// only to clone or swap the `Arc`.
     slots: Vec<RwLock<Arc<Slot>>>,
@@ -69,11 +71,13 @@ pub(crate) enum OpenError {
     #[error("exchange {0:?} is not usable: {1}")]
     Exchange(String, #[source] StepError),
     #[error(transparent)]
-    Step(#[from] StepError),
+    Connect(#[from] ConnectError),
+    #[error("{node}: {error}")]
+    Step { node: String, error: StepError },
 }
 
 /// Opens one publisher channel: confirm mode, consuming Direct Reply-to.
-async fn open_slot(connection: &Connection) -> Result<(Arc<Slot>, Consumer), OpenError> {
+async fn open_slot(connection: &Connection) -> Result<(Arc<Slot>, Consumer), StepError> {
     let channel = bounded(connection.create_channel()).await?;
     bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
     let consumer = bounded(wire::consume_replies(&channel)).await?;
@@ -89,12 +93,14 @@ impl BrokerSession {
         stats: &Arc<Stats>,
         tracker: &TaskTracker,
     ) -> Result<Arc<Self>, OpenError> {
-        let connection = bounded(config.broker.connect("grpc-amqp-gateway")).await?;
+        let Connected { connection, node } = config.broker.connect("grpc-amqp-gateway").await?;
+        let node = node.node().to_owned();
+        let on_node = |error| OpenError::Step { node: node.clone(), error };
         if !config.exchange.is_empty() {
             // Publishing to a missing exchange closes the channel: check once
             // here, so a typo fails the connection attempt with a clear error
             // instead of every call.
-            let channel = bounded(connection.create_channel()).await?;
+            let channel = bounded(connection.create_channel()).await.map_err(on_node)?;
             let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
             let declare = channel.exchange_declare(
                 config.exchange.as_str().into(),
@@ -109,17 +115,23 @@ impl BrokerSession {
         let mut slots = Vec::with_capacity(config.channels);
         let mut consumers = Vec::with_capacity(config.channels);
         for _ in 0..config.channels {
-            let (slot, consumer) = open_slot(&connection).await?;
+            let (slot, consumer) = open_slot(&connection).await.map_err(on_node)?;
             slots.push(RwLock::new(slot));
             consumers.push(consumer);
         }
-        let session = Arc::new(Self { connection, slots, next: AtomicUsize::new(0), lost: CancellationToken::new() });
+        let session =
+            Arc::new(Self { connection, node, slots, next: AtomicUsize::new(0), lost: CancellationToken::new() });
         for (index, consumer) in consumers.into_iter().enumerate() {
             let task = serve_slot(session.clone(), index, consumer, stats.clone(), config.max_reply_bytes);
             tracker.spawn(task.instrument(tracing::info_span!("replies", channel = index)));
         }
         tracker.spawn(watch_connection(session.clone()).instrument(tracing::info_span!("connection-events")));
         Ok(session)
+    }
+
+    /// The node connected to, as `host:port`.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
     }
 
     /// The next publisher channel, round robin.
