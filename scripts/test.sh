@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, build, every test, and the
-# docker-compose file. CI runs exactly this (.ci/run).
+# The project's test command: formatting, lints, build, every test, the
+# docker-compose file and the Kubernetes manifests. CI runs exactly this
+# (.ci/run).
 #
 #   scripts/test.sh
 #
@@ -229,5 +230,14 @@ if ((${#COMPOSE[@]})); then
 else
     warn "neither 'docker compose' nor 'docker-compose' is available: docker-compose.yml not validated"
 fi
+
+# ---------------------------------------------------------------------------
+step "k8s/: Kubernetes manifests (scripts/validate-k8s.py)"
+# Offline: strict schema checks against the Kubernetes API schemas that the
+# pinned kubernetes-validate package ships, references between the
+# resources, and the gateway's and worker's variables and flags as the
+# binaries built above list them in --help.
+"$PYTHON" scripts/validate-k8s.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug" k8s ||
+    die "the Kubernetes manifests in k8s/ are not valid (errors above)"
 
 step "all checks passed in $((SECONDS - START))s"
