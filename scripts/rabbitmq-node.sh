@@ -10,6 +10,13 @@
 #   scripts/rabbitmq-node.sh ctl DIR ARGS...
 #                                        run `rabbitmqctl -n NODE ARGS...` against it
 #                                        (e.g. `ctl DIR list_queues`, `ctl DIR stop_app`)
+#   scripts/rabbitmq-node.sh restart DIR start the node in DIR again as the same node:
+#                                        same name, ports, cookie and data (a killed
+#                                        cluster member comes back with its queues);
+#                                        stops it first if it runs; prints its URL
+#   scripts/rabbitmq-node.sh kill DIR    SIGKILL the node's VM and launcher (a crash,
+#                                        for fault tests) and wait until they are gone;
+#                                        its state stays in DIR for `restart`
 #
 # The node never touches a broker that already runs on the machine: it gets its
 # own node name (gwtest-<random>@localhost), free random AMQP and distribution
@@ -17,7 +24,15 @@
 # /etc/rabbitmq entirely. It registers its name with the machine's epmd (port
 # 4369) like any Erlang node, and starts one if none runs.
 #
+# Other scripts may `source` this file for its helpers (scripts/rabbitmq-cluster.sh
+# does); it only acts when run.
+#
 # Environment:
+#   RABBITMQ_NODE_COOKIE           Erlang cookie for the node (letters, digits, `_`),
+#                                  e.g. one shared by the members of a cluster; it is
+#                                  written to DIR/.erlang.cookie. Without it a cookie
+#                                  already in DIR/.erlang.cookie is kept, else a
+#                                  random one is made.
 #   RABBITMQ_SBIN                  directory holding rabbitmq-server and rabbitmqctl
 #                                  (default: /usr/lib/rabbitmq/bin on Debian/Ubuntu,
 #                                  else the directory of rabbitmq-server on PATH)
@@ -37,6 +52,8 @@ usage: $0 start DIR    start a private node in DIR, print its AMQP URL
        $0 stop DIR     stop the node started in DIR (idempotent)
        $0 url DIR      print the AMQP URL of the node started in DIR
        $0 ctl DIR ARGS run rabbitmqctl against the node started in DIR
+       $0 restart DIR  start the node in DIR again with its name, ports and data
+       $0 kill DIR     SIGKILL the node started in DIR and wait until it is gone
 EOF
     exit 2
 }
@@ -154,7 +171,14 @@ EOF
     fi
 }
 
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+pid_alive() {
+    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+    # A zombie has exited (its ports are closed) and only waits to be reaped,
+    # which a killed node's orphans may wait for a while.
+    local stat
+    stat=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ "${stat// /}" != Z* ]]
+}
 
 # The Erlang VM of the node started in $DIR: the pid in its pid file, or (if
 # the VM died before writing it) the process whose command line has
@@ -273,6 +297,70 @@ EOF
     } >"$DIR/node.env"
 }
 
+# The node's Erlang cookie in $DIR/.erlang.cookie (Erlang reads it from
+# $HOME, which node_env sets to $DIR): the caller's RABBITMQ_NODE_COOKIE, else
+# the one already there, else a random one.
+setup_cookie() {
+    local cookie=${RABBITMQ_NODE_COOKIE:-}
+    if [[ -n "$cookie" ]]; then
+        # An Erlang atom without quoting, and nothing a shell or a log mangles.
+        [[ "$cookie" =~ ^[A-Za-z0-9_]{1,255}$ ]] ||
+            die "RABBITMQ_NODE_COOKIE must be 1 to 255 letters, digits or underscores"
+        (
+            umask 077
+            printf '%s' "$cookie" >"$DIR/.erlang.cookie"
+        )
+    elif [[ ! -s "$DIR/.erlang.cookie" ]]; then
+        (
+            umask 077
+            printf 'GW%s' "$(random_hex 16 | tr 'a-f' 'A-F')" >"$DIR/.erlang.cookie"
+        )
+    fi
+    chmod 600 "$DIR/.erlang.cookie"
+}
+
+# Start the server configured in $DIR (NODE, PORT, DIST_PORT set) and wait up
+# to $timeout seconds until it accepts AMQP. Sets LAUNCHED=1 when it does and
+# LAUNCHED=0 when it exited because a port was taken; dies on anything else.
+launch() {
+    local launcher deadline
+    LAUNCHED=0
+    (
+        node_env
+        cd "$DIR"
+        exec "$SBIN/rabbitmq-server"
+    ) </dev/null >>"$DIR/log/startup.log" 2>&1 &
+    launcher=$!
+    echo "$launcher" >"$DIR/launcher.pid"
+
+    deadline=$(($(date +%s) + timeout))
+    while :; do
+        if amqp_ready "$PORT"; then
+            LAUNCHED=1
+            return 0
+        fi
+        if ! pid_alive "$launcher"; then
+            wait "$launcher" 2>/dev/null || true
+            if grep -qs -e eaddrinuse -e 'address already in use' "$DIR/log/startup.log" "$DIR/log/node.log"; then
+                return 0
+            fi
+            log_tail
+            die "RabbitMQ node $NODE exited during start-up (logs above, all files in $DIR)"
+        fi
+        if (($(date +%s) >= deadline)); then
+            log_tail
+            (cmd_stop) >/dev/null 2>&1 || true
+            kill -KILL "$launcher" 2>/dev/null || true
+            die "RabbitMQ node $NODE did not accept AMQP connections on 127.0.0.1:$PORT within ${timeout}s (logs above, all files in $DIR)"
+        fi
+        sleep 0.3
+    done
+}
+
+since() { # seconds since $1, one decimal
+    awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'
+}
+
 cmd_start() {
     find_rabbitmq
     mkdir -p "$DIR"
@@ -286,18 +374,12 @@ cmd_start() {
     fi
     rm -f "$DIR/rabbitmq.pid" "$DIR/launcher.pid"
 
-    local t0 timeout attempt deadline launcher elapsed
+    local t0 timeout attempt
     t0=$(now)
     timeout=${RABBITMQ_NODE_START_TIMEOUT:-60}
 
     # Our own Erlang cookie, used by the node and by our rabbitmqctl calls.
-    if [[ ! -s "$DIR/.erlang.cookie" ]]; then
-        (
-            umask 077
-            printf 'GW%s' "$(random_hex 16 | tr 'a-f' 'A-F')" >"$DIR/.erlang.cookie"
-        )
-    fi
-    chmod 600 "$DIR/.erlang.cookie"
+    setup_cookie
 
     NODE="gwtest-$(random_hex 4)@localhost"
     for attempt in 1 2 3; do
@@ -310,42 +392,69 @@ cmd_start() {
         : >"$DIR/log/startup.log"
         : >"$DIR/log/node.log"
 
-        (
-            node_env
-            cd "$DIR"
-            exec "$SBIN/rabbitmq-server"
-        ) </dev/null >>"$DIR/log/startup.log" 2>&1 &
-        launcher=$!
-        echo "$launcher" >"$DIR/launcher.pid"
-
-        deadline=$(($(date +%s) + timeout))
-        while :; do
-            if amqp_ready "$PORT"; then
-                elapsed=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
-                log "node $NODE accepts AMQP on 127.0.0.1:$PORT (dist port $DIST_PORT) after ${elapsed}s; state in $DIR"
-                printf '%s\n' "$URL"
-                return 0
-            fi
-            if ! pid_alive "$launcher"; then
-                wait "$launcher" 2>/dev/null || true
-                if grep -qs -e eaddrinuse -e 'address already in use' "$DIR/log/startup.log" "$DIR/log/node.log" &&
-                    ((attempt < 3)); then
-                    log "port clash (AMQP $PORT / dist $DIST_PORT), retrying with other ports"
-                    continue 2
-                fi
-                log_tail
-                die "RabbitMQ node $NODE exited during start-up (logs above, all files in $DIR)"
-            fi
-            if (($(date +%s) >= deadline)); then
-                log_tail
-                (cmd_stop) >/dev/null 2>&1 || true
-                kill -KILL "$launcher" 2>/dev/null || true
-                die "RabbitMQ node $NODE did not accept AMQP connections on 127.0.0.1:$PORT within ${timeout}s (logs above, all files in $DIR)"
-            fi
-            sleep 0.3
-        done
+        launch
+        if ((LAUNCHED)); then
+            log "node $NODE accepts AMQP on 127.0.0.1:$PORT (dist port $DIST_PORT) after $(since "$t0")s; state in $DIR"
+            printf '%s\n' "$URL"
+            return 0
+        fi
+        ((attempt < 3)) || break
+        log "port clash (AMQP $PORT / dist $DIST_PORT), retrying with other ports"
     done
-    die "could not start RabbitMQ node $NODE"
+    log_tail
+    die "could not start RabbitMQ node $NODE: its ports were taken on 3 attempts (logs above, all files in $DIR)"
+}
+
+# Start the node in $DIR again as the same node: same name (so a cluster takes
+# it back as the member it was), same ports (so clients' URLs still point at
+# it), same cookie and data directory (so its queues and messages come back).
+cmd_restart() {
+    [[ -d "$DIR" ]] || die "$DIR does not exist: nothing to restart (use start)"
+    DIR=$(cd "$DIR" && pwd -P)
+    load_state || die "no node was started in $DIR: nothing to restart (use start)"
+    [[ -x "$SBIN/rabbitmq-server" ]] || find_rabbitmq
+
+    local t0 timeout
+    t0=$(now)
+    timeout=${RABBITMQ_NODE_START_TIMEOUT:-60}
+    if running; then
+        log "node $NODE is running: stopping it before the restart"
+        cmd_stop
+    fi
+    rm -f "$DIR/rabbitmq.pid" "$DIR/launcher.pid"
+    setup_cookie
+    printf -- '----- restart at %s -----\n' "$(date -u '+%Y-%m-%d %H:%M:%S')" >>"$DIR/log/startup.log"
+
+    launch
+    ((LAUNCHED)) || {
+        log_tail
+        die "RabbitMQ node $NODE cannot come back: port $PORT (AMQP) or $DIST_PORT (distribution) is taken by another process now (logs above, all files in $DIR)"
+    }
+    log "node $NODE restarted: accepts AMQP on 127.0.0.1:$PORT after $(since "$t0")s; state in $DIR"
+    printf '%s\n' "$URL"
+}
+
+# A crash: SIGKILL to the VM and to the launcher (so the launcher's trap does
+# not run `rabbitmqctl stop`), then wait until both are gone. Nothing is
+# cleaned up; the data stays for `restart`.
+cmd_kill() {
+    [[ -d "$DIR" ]] || die "$DIR does not exist: no node to kill"
+    DIR=$(cd "$DIR" && pwd -P)
+    load_state || die "no node was started in $DIR"
+    if ! running; then
+        log "node $NODE is not running"
+        return 0
+    fi
+    local t0 pid launcher
+    t0=$(now)
+    pid=$(node_pid) || pid=
+    launcher=$(launcher_pid) || launcher=
+    # `|| true`: either may exit on its own between the look-up and the signal.
+    if [[ -n "$pid" ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if [[ -n "$launcher" ]]; then kill -KILL "$launcher" 2>/dev/null || true; fi
+    wait_gone 10 || die "node $NODE (pid ${pid:--}, launcher ${launcher:--}) is still alive 10s after SIGKILL"
+    rm -f "$DIR/rabbitmq.pid" "$DIR/launcher.pid"
+    log "node $NODE killed (SIGKILL to pid ${pid:--}, launcher ${launcher:--}); gone after $(since "$t0")s"
 }
 
 # Wait up to $1 seconds for the node's processes to be gone.
@@ -388,14 +497,14 @@ cmd_stop() {
         pid=$(node_pid) || pid=
         launcher=$(launcher_pid) || launcher=
         log "sending SIGTERM to node $NODE (pid ${pid:--}, launcher ${launcher:--})"
-        [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
-        [[ -n "$launcher" ]] && kill -TERM "$launcher" 2>/dev/null
+        if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
+        if [[ -n "$launcher" ]]; then kill -TERM "$launcher" 2>/dev/null || true; fi
         if ! wait_gone 15; then
             pid=$(node_pid) || pid=
             launcher=$(launcher_pid) || launcher=
             log "sending SIGKILL to node $NODE (pid ${pid:--}, launcher ${launcher:--})"
-            [[ -n "$pid" ]] && kill -KILL "$pid" 2>/dev/null
-            [[ -n "$launcher" ]] && kill -KILL "$launcher" 2>/dev/null
+            if [[ -n "$pid" ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+            if [[ -n "$launcher" ]]; then kill -KILL "$launcher" 2>/dev/null || true; fi
             wait_gone 10 || die "node $NODE (pid ${pid:--}) did not die"
         fi
     fi
@@ -428,8 +537,19 @@ main() {
         load_state || die "no node was started in $DIR"
         rabbitmqctl_node 0 "$@"
         ;;
+    restart)
+        (($# == 0)) || usage
+        cmd_restart
+        ;;
+    kill)
+        (($# == 0)) || usage
+        cmd_kill
+        ;;
     *) usage ;;
     esac
 }
 
-main "$@"
+# Run unless sourced for the helpers above.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

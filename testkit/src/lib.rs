@@ -5,9 +5,12 @@
 //! The broker comes from `AMQP_URL`, which the test command (`scripts/test.sh`)
 //! always sets: to the broker you gave it, or to a private RabbitMQ node it
 //! started for the run. [`otlp`] holds a trace collector for tracing tests.
+//! Faults the shared broker must never see run on nodes a test starts itself:
+//! [`PrivateBroker`] (one node) and [`PrivateCluster`] (a cluster).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers fail by panicking
 
+pub mod cluster;
 pub mod load;
 pub mod otlp;
 pub mod raw_amqp;
@@ -20,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use cluster::PrivateCluster;
 use tokio::{
     net::{TcpListener, TcpStream},
     process::{Child, Command},
