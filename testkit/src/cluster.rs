@@ -270,7 +270,12 @@ fn leader_in(json: &str, queue: &str) -> Option<String> {
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            // The nodes' logs explain a failed test: keep them.
+            eprintln!("PrivateCluster: the nodes are stopped; their logs are kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

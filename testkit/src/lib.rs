@@ -49,6 +49,23 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// Polls `check` every 10 ms until it yields a value, and returns it; panics
+/// naming `what` after `timeout`.
+pub async fn eventually_value<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls `check` every 10 ms until it returns true; panics naming `what` if
 /// `timeout` passes first.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)

@@ -61,6 +61,19 @@ pub async fn gateway(url: &str, routes: &str, extra: &[&str]) -> (Process, Socke
     (process, addr)
 }
 
+/// The broker node (`host:port`) the gateway at `addr` says, in its health
+/// response, that it is connected to; None while it is not SERVING or does
+/// not answer.
+pub async fn broker_node(addr: SocketAddr) -> Option<String> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+    let channel =
+        endpoint.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(2)).connect().await.ok()?;
+    let response = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.ok()?;
+    let node = response.metadata().get("x-amqp-node")?.to_str().ok()?.to_owned();
+    (response.into_inner().status() == ServingStatus::Serving).then_some(node)
+}
+
 /// A `Process` request with a deadline.
 pub fn request(route: &str, payload: Vec<u8>, deadline: Duration) -> tonic::Request<ProcessRequest> {
     let mut request =
@@ -77,8 +90,19 @@ pub struct Ended {
     pub code: Option<Code>,
     /// Whether an OK reply carried the payload that was sent.
     pub payload_matches: bool,
+    /// The status message of a failed call.
+    pub message: String,
+    /// When the call started.
+    pub started: Instant,
     /// How long the call took.
     pub elapsed: Duration,
+}
+
+impl Ended {
+    /// When the call ended.
+    pub fn ended(&self) -> Instant {
+        self.started + self.elapsed
+    }
 }
 
 /// One call, bounded by `deadline` + 10 s on the whole wait: an answer that
@@ -88,16 +112,16 @@ pub async fn call(client: &mut GatewayClient<RawHttp2>, route: &str, payload: Ve
     let sent = payload.clone();
     let outcome =
         tokio::time::timeout(deadline + Duration::from_secs(10), client.process(request(route, payload, deadline)));
-    let (code, payload_matches) = match outcome.await {
-        Err(_) => (None, false),
-        Ok(Ok(response)) => (Some(Code::Ok), response.into_inner().payload == sent),
+    let (code, payload_matches, message) = match outcome.await {
+        Err(_) => (None, false, String::new()),
+        Ok(Ok(response)) => (Some(Code::Ok), response.into_inner().payload == sent, String::new()),
         // No connection could be made (the gateway is gone): UNAVAILABLE, as
         // gRPC clients report it. Any other transport error stays UNKNOWN, so
         // a call dropped after the gateway accepted it fails the test.
-        Ok(Err(status)) if refused(&status) => (Some(Code::Unavailable), false),
-        Ok(Err(status)) => (Some(status.code()), false),
+        Ok(Err(status)) if refused(&status) => (Some(Code::Unavailable), false, status.message().to_owned()),
+        Ok(Err(status)) => (Some(status.code()), false, status.message().to_owned()),
     };
-    Ended { code, payload_matches, elapsed: started.elapsed() }
+    Ended { code, payload_matches, message, started, elapsed: started.elapsed() }
 }
 
 fn refused(status: &tonic::Status) -> bool {

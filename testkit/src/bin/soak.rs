@@ -7,7 +7,14 @@
 //! in turn. Prints a one-screen summary and exits non-zero if any call was
 //! lost (no final status) or answered with another caller's reply.
 //!
+//! With `--cluster`, the broker is a private three-node RabbitMQ cluster
+//! instead: every process is given all three node URLs, the workers consume
+//! a quorum queue, and the faults are nodes killed with SIGKILL and brought
+//! back, in turn (never more than one down, so the queue keeps its
+//! majority).
+//!
 //!     cargo build --release --workspace --bins && target/release/soak --duration 60s
+//!     target/release/soak --cluster --duration 120s
 
 use std::{
     sync::{
@@ -19,7 +26,7 @@ use std::{
 
 use clap::Parser;
 use testkit::{
-    PrivateBroker,
+    PrivateBroker, PrivateCluster,
     load::{call, client, gateway, tally, worker},
     scrape,
 };
@@ -42,21 +49,43 @@ struct Args {
     deadline: Duration,
     /// Use the broker in AMQP_URL instead of a private node; the broker is
     /// then never restarted (faults never touch a broker the run does not own).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     shared_broker: bool,
+    /// Run on a private three-node RabbitMQ cluster with a quorum queue, and
+    /// kill and restart its nodes in turn instead of restarting one broker.
+    #[arg(long)]
+    cluster: bool,
+}
+
+/// Where the run's broker comes from.
+enum Brokers {
+    Shared,
+    Single(PrivateBroker),
+    Cluster(PrivateCluster),
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let broker = if args.shared_broker { None } else { Some(PrivateBroker::start().await) };
-    let url = broker.as_ref().map_or_else(testkit::amqp_url, |b| b.url().to_owned());
+    let brokers = match (args.shared_broker, args.cluster) {
+        (true, _) => Brokers::Shared,
+        (false, false) => Brokers::Single(PrivateBroker::start().await),
+        (false, true) => Brokers::Cluster(PrivateCluster::start(3).await),
+    };
+    let url = match &brokers {
+        Brokers::Shared => testkit::amqp_url(),
+        Brokers::Single(broker) => broker.url().to_owned(),
+        Brokers::Cluster(cluster) => cluster.url_list(),
+    };
     let route = testkit::unique("soak");
 
-    let worker_args = ["--durable", "true", "--prefetch", "32"];
+    let worker_args: &[&str] = match brokers {
+        Brokers::Cluster(_) => &["--queue-type", "quorum", "--prefetch", "32"],
+        _ => &["--durable", "true", "--prefetch", "32"],
+    };
     let mut workers = Vec::new();
     for _ in 0..3 {
-        workers.push(worker(&url, &route, &worker_args).await);
+        workers.push(worker(&url, &route, worker_args).await);
     }
     let mut gateways = Vec::new();
     let mut metrics = Vec::new();
@@ -89,10 +118,26 @@ async fn main() {
 
     let mut faults = Vec::new();
     let mut turn = 0usize;
+    let mut down: Option<usize> = None;
     while started.elapsed() + args.fault_every < args.duration {
         tokio::time::sleep(args.fault_every).await;
-        match (turn % 2, &broker) {
-            (1, Some(broker)) => {
+        let at = started.elapsed().as_secs_f64();
+        match (turn % 2, &brokers) {
+            // Kill a node, next time bring it back: one node down at most.
+            (_, Brokers::Cluster(cluster)) => match down.take() {
+                Some(node) => {
+                    cluster.restart(node).await;
+                    let took = started.elapsed().as_secs_f64() - at;
+                    faults.push(format!("{at:>5.1}s node {node} restarted (back in the cluster after {took:.1}s)"));
+                }
+                None => {
+                    let node = (turn / 2) % 3;
+                    cluster.kill(node).await;
+                    down = Some(node);
+                    faults.push(format!("{at:>5.1}s node {node} killed (SIGKILL)"));
+                }
+            },
+            (1, Brokers::Single(broker)) => {
                 broker.ctl(&["stop_app"]).await;
                 broker.ctl(&["start_app"]).await;
                 faults.push(format!("{:>5.1}s broker restarted", started.elapsed().as_secs_f64()));
@@ -100,7 +145,7 @@ async fn main() {
             _ => {
                 let i = turn % workers.len();
                 workers[i].kill().await;
-                workers[i] = worker(&url, &route, &worker_args).await;
+                workers[i] = worker(&url, &route, worker_args).await;
                 faults.push(format!(
                     "{:>5.1}s worker {i} killed (SIGKILL) and restarted",
                     started.elapsed().as_secs_f64()
@@ -130,7 +175,8 @@ async fn main() {
     let misrouted = ended.iter().filter(|e| e.code == Some(Code::Ok) && !e.payload_matches).count();
 
     println!();
-    println!("soak summary ({:.0} s, 2 gateways, 3 workers)", elapsed.as_secs_f64());
+    let on = if args.cluster { ", a 3-node cluster" } else { "" };
+    println!("soak summary ({:.0} s, 2 gateways, 3 workers{on})", elapsed.as_secs_f64());
     println!("  calls sent         {:>9}", ended.len());
     for (code, n) in &counts {
         println!("  {code:<18} {n:>9}");
@@ -145,7 +191,7 @@ async fn main() {
     for fault in &faults {
         println!("    {fault}");
     }
-    drop((workers, gateways, broker));
+    drop((workers, gateways, brokers));
     let healthy: [(&str, bool); 3] = [("lost", lost == 0), ("misrouted", misrouted == 0), ("pending", pending == 0.0)];
     let failed: Vec<&str> = healthy.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
     if !failed.is_empty() {
