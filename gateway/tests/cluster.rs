@@ -51,6 +51,14 @@ const AFTER: usize = 100;
 /// `docs/cluster.md`.
 const DELIVERY_LIMIT: u16 = 1000;
 
+/// Where the route's quorum queue is led from.
+enum Leader {
+    /// The node gateway `g` is on.
+    WithGateway(usize),
+    /// Another node than gateway `g`'s.
+    AwayFromGateway(usize),
+}
+
 /// Three nodes, two workers on a quorum queue, two gateways.
 struct Fixture {
     cluster: PrivateCluster,
@@ -60,12 +68,10 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// Starts everything. The queue is declared through a node that none of
-    /// the gateways `away_from` is on, so that node leads it (a quorum queue is
-    /// led by the node it was declared through): see `docs/cluster.md` on
-    /// why the queue's leader dying together with a gateway's node is not
-    /// asserted here.
-    async fn start(away_from: &[usize]) -> Self {
+    /// Starts everything, the queue declared through the node `leader` picks,
+    /// so that node leads it (a quorum queue is led by the node it was
+    /// declared through).
+    async fn start(leader: Leader) -> Self {
         let cluster = PrivateCluster::start(3).await;
         let urls = cluster.url_list();
         let route = testkit::unique("cluster");
@@ -74,11 +80,13 @@ impl Fixture {
             gateways.push(gateway(&urls, &route, &[]).await);
         }
         let mut fixture = Self { cluster, route, workers: Vec::new(), gateways };
-        let mut taken = Vec::new();
-        for &g in away_from {
-            taken.push(fixture.node_of_gateway(g).await);
-        }
-        let leader = (0..3).find(|n| !taken.contains(n)).unwrap();
+        let leader = match leader {
+            Leader::WithGateway(g) => fixture.node_of_gateway(g).await,
+            Leader::AwayFromGateway(g) => {
+                let taken = fixture.node_of_gateway(g).await;
+                (taken + 1) % 3
+            }
+        };
         fixture.declare_queue_through(leader).await;
         let limit = DELIVERY_LIMIT.to_string();
         let args = ["--queue-type", "quorum", "--prefetch", "16", "--delivery-limit", &limit];
@@ -280,16 +288,19 @@ fn tally(calls: &[&(usize, Ended)]) -> BTreeMap<String, usize> {
 
 #[tokio::test]
 async fn killing_the_node_a_gateway_is_on_fails_its_calls_fast_then_it_serves_through_another() {
-    let fixture = Fixture::start(&[0]).await;
+    let fixture = Fixture::start(Leader::AwayFromGateway(0)).await;
     let node = fixture.node_of_gateway(0).await;
     fixture.kill_under_load(node, "gateway 0's node").await;
 }
 
 #[tokio::test]
 async fn killing_the_quorum_queue_leader_loses_no_request() {
-    // Every request published while the queue elects a new leader, through
-    // gateways on the surviving nodes, is answered.
-    let fixture = Fixture::start(&[0, 1]).await;
+    // The leader on gateway 0's node: that gateway's calls fail fast, and it
+    // reconnects through a follower while the queue elects a new leader
+    // (which, on RabbitMQ 3.10, can leave its new channels refusing every
+    // publish until the gateway replaces them: see `docs/cluster.md`);
+    // requests through gateways on the other nodes are answered.
+    let fixture = Fixture::start(Leader::WithGateway(0)).await;
     let leader = fixture.cluster.leader_of(&fixture.route).await;
     fixture.kill_under_load(leader, "the queue's leader").await;
     let new_leader = fixture.cluster.leader_of(&fixture.route).await;
@@ -298,7 +309,7 @@ async fn killing_the_quorum_queue_leader_loses_no_request() {
 
 #[tokio::test]
 async fn a_node_back_from_the_dead_then_another_killed_is_survived_the_same_way() {
-    let fixture = Fixture::start(&[0]).await;
+    let fixture = Fixture::start(Leader::AwayFromGateway(0)).await;
     let first = fixture.node_of_gateway(0).await;
     fixture.kill_under_load(first, "gateway 0's node").await;
     let restarted = Instant::now();

@@ -262,7 +262,10 @@ impl AmqpClient {
             .map_err(|e| RoundTripError::Publish(Arc::new(e)))?;
 
         match (ConfirmGuard(Some(confirm))).await {
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
+                slot.accepted();
+                Ok(())
+            }
             Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
                 self.stats.count(BrokerEvent::Unroutable);
                 // Attribute the return by its correlation id, not by which
@@ -279,6 +282,7 @@ impl AmqpClient {
             }
             Ok(Confirmation::Nack(None)) => {
                 self.stats.count(BrokerEvent::Nack);
+                slot.refused();
                 Err(RoundTripError::Nacked)
             }
             Err(e) => Err(RoundTripError::Publish(Arc::new(e))),

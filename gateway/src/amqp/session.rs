@@ -11,7 +11,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use amqp_gateway::{
@@ -40,12 +40,55 @@ pub(crate) struct Slot {
     pub(crate) pending: Arc<PendingTable>,
     /// Cancelled when this channel can no longer deliver replies.
     closed: CancellationToken,
+    /// Whether the broker has taken any publish on this channel.
+    accepted_any: AtomicBool,
+    /// Publishes the broker refused (nacked) while it took none.
+    refused: AtomicUsize,
 }
+
+/// Refused publishes after which a channel that never had one accepted is
+/// replaced.
+///
+/// RabbitMQ 3.10 can leave a channel opened while a quorum queue was electing
+/// a new leader (a gateway reconnecting because its node died with the
+/// queue's leader) refusing every publish to that queue for good, while
+/// channels opened before or after the election work: see
+/// `docs/cluster.md`. Only a channel that has never had a publish accepted
+/// is replaced, so no call waits for a reply on it, and a queue that refuses
+/// publishes for its own reasons (full, with `reject-publish`) costs at most
+/// a new channel per this many refused calls.
+const REFUSED_LIMIT: usize = 16;
 
 impl Slot {
     /// True once the channel has failed; its waiting calls are failed too.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// Records that the broker took a publish.
+    pub(crate) fn accepted(&self) {
+        if !self.accepted_any.load(Ordering::Relaxed) {
+            self.accepted_any.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that the broker refused a publish. A channel that never had one
+    /// accepted is closed after [`REFUSED_LIMIT`] refusals, so that its reply
+    /// task opens a new one.
+    pub(crate) fn refused(&self) {
+        if self.accepted_any.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.refused.fetch_add(1, Ordering::Relaxed) + 1 == REFUSED_LIMIT {
+            tracing::warn!(
+                refused = REFUSED_LIMIT,
+                "the broker refused every publish on this new channel; replacing the channel"
+            );
+            let channel = self.channel.clone();
+            tokio::spawn(async move {
+                let _ = bounded(channel.close(200, "replacing a channel the broker refuses publishes on".into())).await;
+            });
+        }
     }
 }
 
@@ -81,7 +124,13 @@ async fn open_slot(connection: &Connection) -> Result<(Arc<Slot>, Consumer), Ste
     let channel = bounded(connection.create_channel()).await?;
     bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
     let consumer = bounded(wire::consume_replies(&channel)).await?;
-    let slot = Slot { channel, pending: Arc::new(PendingTable::default()), closed: CancellationToken::new() };
+    let slot = Slot {
+        channel,
+        pending: Arc::new(PendingTable::default()),
+        closed: CancellationToken::new(),
+        accepted_any: AtomicBool::new(false),
+        refused: AtomicUsize::new(0),
+    };
     Ok((Arc::new(slot), consumer))
 }
 
