@@ -28,6 +28,7 @@ use std::{
 use testkit::{
     PrivateCluster, Process,
     load::{Ended, broker_node, call, client, gateway, worker},
+    scrape,
 };
 use tonic::Code;
 
@@ -42,14 +43,10 @@ const RECOVERY: Duration = Duration::from_secs(20);
 const FAST: Duration = Duration::from_secs(3);
 /// Successes per gateway after recovery before the load stops.
 const AFTER: usize = 100;
-/// The queue's delivery limit. Not the default 5: on RabbitMQ 3.10, a
-/// worker's reply to a request whose gateway was on the killed node crashes
-/// the worker's connection (the broker cannot route to the dead node's
-/// Direct Reply-to address), and every request that connection held is
-/// delivered again; until those orphaned requests expire (their deadline),
-/// innocent requests can be redelivered more than 5 times and dropped. See
-/// `docs/cluster.md`.
-const DELIVERY_LIMIT: u16 = 1000;
+/// The queue's delivery limit: the worker's default. (On RabbitMQ 3.10 it
+/// holds only because the worker stops replying to a dead node's callers:
+/// see `replies_to_a_dead_nodes_callers_break_a_worker_connection_once`.)
+const DELIVERY_LIMIT: u16 = 5;
 
 /// Where the route's quorum queue is led from.
 enum Leader {
@@ -87,7 +84,7 @@ impl Fixture {
                 (taken + 1) % 3
             }
         };
-        fixture.declare_queue_through(leader).await;
+        fixture.declare_queue_through(leader, DELIVERY_LIMIT).await;
         let limit = DELIVERY_LIMIT.to_string();
         let args = ["--queue-type", "quorum", "--prefetch", "16", "--delivery-limit", &limit];
         for _ in 0..2 {
@@ -98,13 +95,13 @@ impl Fixture {
 
     /// Declares the route's quorum queue through `node`, with the arguments
     /// the workers declare it with.
-    async fn declare_queue_through(&self, node: usize) {
+    async fn declare_queue_through(&self, node: usize, delivery_limit: u16) {
         let properties = lapin::ConnectionProperties::default();
         let connection = lapin::Connection::connect(&self.cluster.urls()[node], properties).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let mut arguments = lapin::types::FieldTable::default();
         arguments.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
-        arguments.insert("x-delivery-limit".into(), lapin::types::AMQPValue::LongLongInt(DELIVERY_LIMIT.into()));
+        arguments.insert("x-delivery-limit".into(), lapin::types::AMQPValue::LongLongInt(delivery_limit.into()));
         let options = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
         channel.queue_declare(self.route.as_str().into(), options, arguments).await.unwrap();
         connection.close(200, "declared".into()).await.unwrap();
@@ -319,4 +316,57 @@ async fn a_node_back_from_the_dead_then_another_killed_is_survived_the_same_way(
     let leader = fixture.cluster.leader_of(&fixture.route).await;
     let second = (0..3).find(|&n| n != first && n != leader).unwrap();
     fixture.kill_under_load(second, "a second node, after the first came back").await;
+}
+
+#[tokio::test]
+async fn replies_to_a_dead_nodes_callers_break_a_worker_connection_once() {
+    // Requests wait in the queue, published through a gateway on node X, when
+    // X is killed: every reply a worker then makes is addressed to a channel
+    // on a dead node. RabbitMQ 3.10 breaks the replying connection on such a
+    // reply; the worker must find those addresses and stop replying to them,
+    // not break its connection once per delivery until the requests expire
+    // (with the default delivery limit of 5, dropping innocent requests).
+    let cluster = PrivateCluster::start(3).await;
+    let urls = cluster.url_list();
+    let route = testkit::unique("orphans");
+    let (_gateway, addr) = gateway(&urls, &route, &[]).await;
+    let dead = {
+        let node = testkit::eventually_value("the gateway SERVING", RECOVERY, || broker_node(addr)).await;
+        cluster.node_of_port(node.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap()).unwrap()
+    };
+    let alive = (dead + 1) % 3;
+    let fixture = Fixture { cluster, route: route.clone(), workers: Vec::new(), gateways: Vec::new() };
+    fixture.declare_queue_through(alive, DELIVERY_LIMIT).await;
+
+    const WAITING: usize = 20;
+    let calls: Vec<_> = (0..WAITING)
+        .map(|i| {
+            let route = route.clone();
+            tokio::spawn(async move {
+                call(&mut client(addr), &route, format!("orphan {i}").into_bytes(), Duration::from_secs(60)).await
+            })
+        })
+        .collect();
+    testkit::eventually(&format!("{WAITING} requests waiting in the queue"), RECOVERY, || async {
+        let listed = fixture.cluster.try_ctl(alive, &["list_queues", "--quiet", "name", "messages"]).await;
+        listed.is_ok_and(|text| text.lines().any(|l| l.split_whitespace().eq([route.as_str(), &WAITING.to_string()])))
+    })
+    .await;
+    fixture.cluster.kill(dead).await;
+    for ended in futures::future::join_all(calls).await {
+        assert_eq!(ended.unwrap().code, Some(Code::Unavailable), "the caller's gateway lost its node");
+    }
+
+    let metrics = testkit::free_addr();
+    let worker = worker(&urls, &route, &["--queue-type", "quorum", "--metrics-listen", &metrics.to_string()]).await;
+    fixture.assert_queue_drained(alive).await;
+    let text = scrape::metrics(metrics).await;
+    let undeliverable = format!("worker_messages_total{{route=\"{route}\",outcome=\"undeliverable\"}}");
+    let reconnects = scrape::total(&text, "worker_broker_reconnects_total");
+    println!(
+        "cluster: {WAITING} requests of a dead node's callers: {} acked without a reply, {reconnects} worker reconnections",
+        scrape::sample(&text, &undeliverable).unwrap_or(0.0)
+    );
+    assert_eq!(scrape::sample(&text, &undeliverable), Some(WAITING as f64), "{text}");
+    assert!(reconnects <= 1.0, "the worker's connection broke {reconnects} times:\n{}", worker.log());
 }

@@ -48,6 +48,8 @@ impl Subscription {
             stats: worker.stats.clone(),
             abort: CancellationToken::new(),
             max_body: config.max_body_bytes,
+            addresses: worker.addresses.clone(),
+            broker: config.broker.clone(),
         };
         let stopped = loop {
             let delivery = tokio::select! {

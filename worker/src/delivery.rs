@@ -9,7 +9,10 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use amqp_gateway::{broker, wire};
+use amqp_gateway::{
+    broker::{self, Broker},
+    wire,
+};
 use bytes::Bytes;
 use futures::FutureExt;
 use lapin::{
@@ -23,7 +26,9 @@ use tower::{Service, ServiceExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
-    Request, Response, Status, reply,
+    Request, Response, Status,
+    addresses::{ReplyAddresses, Verdict},
+    reply,
     stats::{Outcome, Stats},
 };
 
@@ -68,7 +73,15 @@ pub(crate) struct Handling<S> {
     pub(crate) abort: CancellationToken,
     /// Largest request body handled.
     pub(crate) max_body: usize,
+    /// Reply addresses that broke a connection: see [`crate::addresses`].
+    pub(crate) addresses: Arc<ReplyAddresses>,
+    /// Where a reply published alone connects to.
+    pub(crate) broker: Broker,
 }
+
+/// What publishing a reply needs besides the reply: the counters, what is
+/// known about reply addresses, and where a reply published alone connects.
+type Replying<'a> = (&'a Stats, &'a ReplyAddresses, &'a Broker);
 
 /// Where a request's answer goes: the reply address, and the ack that must
 /// follow the reply.
@@ -76,6 +89,12 @@ struct Answer {
     reply_to: ShortString,
     correlation_id: ShortString,
     acker: Acker,
+}
+
+impl<S> Handling<S> {
+    fn replies(&self) -> Replying<'_> {
+        (&self.stats, &self.addresses, &self.broker)
+    }
 }
 
 impl<S> Handling<S>
@@ -107,7 +126,7 @@ where
             tracing::warn!(%reason, "refusing a request whose headers were rejected on arrival");
             self.stats.headers_rejected();
             let status = Status::invalid_argument(format!("request headers rejected: {reason}"));
-            return answer.reply_then_ack(&self.channel, Err(status), &self.stats).await;
+            return answer.reply_then_ack(&self.channel, Err(status), self.replies()).await;
         }
 
         let deadline = wire::decode_deadline(properties.headers().as_ref());
@@ -128,7 +147,7 @@ where
                 "request body is {} bytes, over the worker's limit of {max_body} bytes",
                 data.len()
             ));
-            return answer.reply_then_ack(&self.channel, Err(status), &self.stats).await;
+            return answer.reply_then_ack(&self.channel, Err(status), self.replies()).await;
         }
 
         let request = Request {
@@ -155,17 +174,60 @@ where
             span.record("otel.status_code", "ERROR");
             span.record("error.type", wire::code_name(status.code()));
         }
-        answer.reply_then_ack(&self.channel, outcome, &self.stats).await;
+        answer.reply_then_ack(&self.channel, outcome, (&self.stats, &self.addresses, &self.broker)).await;
     }
 }
 
 impl Answer {
-    /// Publishes the reply on `channel`, then acknowledges the request.
-    async fn reply_then_ack(self, channel: &Channel, outcome: Result<Response, Status>, stats: &Stats) {
+    /// Publishes the reply on `channel` (or alone, or not at all, as
+    /// [`ReplyAddresses`] says for its address), then acknowledges the
+    /// request.
+    async fn reply_then_ack(
+        self,
+        channel: &Channel,
+        outcome: Result<Response, Status>,
+        (stats, addresses, broker): Replying<'_>,
+    ) {
         let succeeded = outcome.is_ok();
-        // Bounded: an await on a channel that died silently must not hold the
-        // request (and a prefetch slot) forever.
-        match reply::publish(channel, self.reply_to, self.correlation_id, outcome).await {
+        let (reply_to, correlation_id) = (self.reply_to, self.correlation_id);
+        let published = match addresses.verdict(&reply_to) {
+            Verdict::Dead => {
+                tracing::debug!(%reply_to, "not replying to an address that broke a connection before");
+                stats.outcome(Outcome::Undeliverable);
+                return ack(self.acker).await;
+            }
+            Verdict::Probe => {
+                let _turn = addresses.probe_turn().await;
+                match reply::publish_alone(broker, reply_to.clone(), correlation_id, outcome).await {
+                    Ok(true) => {
+                        addresses.probed(&reply_to, true);
+                        Ok(())
+                    }
+                    Ok(false) => {
+                        tracing::warn!(
+                            %reply_to,
+                            "a reply to this address broke its connection: its caller's node is gone; \
+                             not replying to it any more"
+                        );
+                        addresses.probed(&reply_to, false);
+                        stats.outcome(Outcome::Undeliverable);
+                        return ack(self.acker).await;
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            // Bounded: an await on a channel that died silently must not hold
+            // the request (and a prefetch slot) forever.
+            Verdict::Publish => {
+                let _in_flight = addresses.publishing(&reply_to);
+                let published = reply::publish(channel, reply_to, correlation_id, outcome).await;
+                if published.is_err() {
+                    addresses.reply_failed();
+                }
+                published
+            }
+        };
+        match published {
             Ok(()) => {
                 stats.outcome(if succeeded { Outcome::Ok } else { Outcome::Error });
                 if let Err(error) = broker::bounded(self.acker.ack(BasicAckOptions::default())).await {
@@ -179,6 +241,13 @@ impl Answer {
                 tracing::warn!(%error, "publishing the reply failed; the request will be redelivered");
             }
         }
+    }
+}
+
+/// Acknowledges a request that gets no reply.
+async fn ack(acker: Acker) {
+    if let Err(error) = broker::bounded(acker.ack(BasicAckOptions::default())).await {
+        tracing::warn!(%error, "ack failed; the request will be redelivered");
     }
 }
 

@@ -41,6 +41,7 @@
 //! - [`cli`]: the binary's flags, mapped to a config and a handler.
 //! - `stats`: counters and Prometheus metrics.
 
+mod addresses;
 pub mod cli;
 pub mod config;
 mod consume;

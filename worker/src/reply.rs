@@ -3,12 +3,12 @@
 //! errors, under publisher confirms.
 
 use amqp_gateway::{
-    broker::{self, StepError},
+    broker::{self, Broker, ConnectError, Connected, StepError},
     wire,
 };
 use lapin::{
     BasicProperties, Channel, Confirmation,
-    options::BasicPublishOptions,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{FieldTable, ShortString},
 };
 
@@ -22,6 +22,28 @@ pub(crate) enum ReplyError {
     Publish(#[from] StepError),
     #[error("the broker nacked the reply")]
     Nacked,
+    /// No connection for a reply published alone could be made.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Publishes a reply alone, on a connection of its own, closed afterwards:
+/// for an address that may break the connection a reply to it is published
+/// on (`crate::addresses`). `Ok(true)`: the broker confirmed it; `Ok(false)`:
+/// it did not (the connection broke on it); `Err`: no connection could be
+/// set up, so nothing was learned about the address.
+pub(crate) async fn publish_alone(
+    broker: &Broker,
+    reply_to: ShortString,
+    correlation_id: ShortString,
+    outcome: Result<Response, Status>,
+) -> Result<bool, ReplyError> {
+    let Connected { connection, .. } = broker.connect("grpc-amqp-worker-reply").await?;
+    let channel = broker::bounded(connection.create_channel()).await?;
+    broker::bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+    let confirmed = publish(&channel, reply_to, correlation_id, outcome).await.is_ok();
+    let _ = broker::bounded(connection.close(200, "reply published".into())).await;
+    Ok(confirmed)
 }
 
 /// Publishes the reply to a request and waits for the broker's confirm,

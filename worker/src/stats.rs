@@ -21,6 +21,9 @@ pub(crate) enum Outcome {
     Expired,
     Rejected,
     ReplyFailed,
+    /// Acknowledged without a reply: its address breaks the connection a
+    /// reply is published on (`crate::addresses`).
+    Undeliverable,
 }
 
 /// Counters of one worker.
@@ -54,6 +57,7 @@ struct Metrics {
     expired: Counter,
     rejected: Counter,
     reply_failed: Counter,
+    undeliverable: Counter,
     panics: Counter,
     reconnects: Counter,
     channel_recoveries: Counter,
@@ -84,6 +88,7 @@ impl Stats {
                 expired: outcome("expired"),
                 rejected: outcome("rejected"),
                 reply_failed: outcome("reply_failed"),
+                undeliverable: outcome("undeliverable"),
                 panics: metrics::counter!("worker_handler_panics_total", &[route()]),
                 reconnects: metrics::counter!("worker_broker_reconnects_total", &[route()]),
                 channel_recoveries: metrics::counter!("worker_channel_recoveries_total", &[route()]),
@@ -101,6 +106,7 @@ impl Stats {
             Outcome::Expired => (&self.metrics.expired, Some(&self.expired)),
             Outcome::Rejected => (&self.metrics.rejected, Some(&self.rejected)),
             Outcome::ReplyFailed => (&self.metrics.reply_failed, None),
+            Outcome::Undeliverable => (&self.metrics.undeliverable, None),
         };
         counter.increment(1);
         if let Some(atomic) = atomic {

@@ -74,7 +74,8 @@ where
     let (consuming_tx, consuming) = watch::channel(false);
     let stats = Arc::new(Stats::new(&config.queue));
     let span = tracing::info_span!("worker", queue = %config.queue);
-    let supervisor = Supervisor { config, handler, shutdown, stats: stats.clone(), consuming: consuming_tx };
+    let addresses = Arc::default();
+    let supervisor = Supervisor { config, handler, shutdown, stats: stats.clone(), consuming: consuming_tx, addresses };
     let task = tokio::spawn(supervisor.run().instrument(span));
     RunningWorker { consuming, stats, task }
 }
@@ -87,6 +88,8 @@ pub(crate) struct Supervisor<S> {
     pub(crate) stats: Arc<Stats>,
     /// Whether a channel consumes the queue now, for [`RunningWorker::consuming`].
     consuming: watch::Sender<bool>,
+    /// What is known about reply addresses, kept across reconnections.
+    pub(crate) addresses: Arc<crate::addresses::ReplyAddresses>,
 }
 
 impl<S> Supervisor<S>
