@@ -34,6 +34,9 @@
 //! - `delivery`: one delivery: its span, the checks, the handler, the reply
 //!   and the ack.
 //! - `reply`: the reply message, per the AMQP contract.
+//! - `addresses`: reply addresses that break the connection a reply is
+//!   published on (a dead node's Direct Reply-to on RabbitMQ 3.10), found
+//!   and then answered no more.
 //! - [`request`]: what handlers receive and return.
 //! - [`config`]: how the worker connects and consumes, and its validation.
 //! - [`error`]: why a worker stopped on its own.
