@@ -12,8 +12,9 @@
 //!    becomes *suspect*;
 //! 2. a reply to a suspect address is published alone, on a connection of
 //!    its own ([`crate::reply::publish_alone`]), one at a time: if the broker
-//!    confirms it, the address is cleared; if that connection breaks on it,
-//!    the address is *dead*;
+//!    confirms it, the address is cleared; if the broker closes that
+//!    connection on it with `INTERNAL_ERROR`, the address is *dead*; any
+//!    other failure teaches nothing, and the request is left for redelivery;
 //! 3. a request whose address is dead is acknowledged without a reply, for
 //!    [`DEAD_FOR`]: nobody can receive it, and replying would only break the
 //!    connection again.

@@ -190,35 +190,43 @@ impl Answer {
     ) {
         let succeeded = outcome.is_ok();
         let (reply_to, correlation_id) = (self.reply_to, self.correlation_id);
-        let published = match addresses.verdict(&reply_to) {
+        // Probes go one at a time; the verdict is read again once it is this
+        // reply's turn, since the probe before it may have settled the address.
+        let mut verdict = addresses.verdict(&reply_to);
+        let turn = match verdict {
+            Verdict::Probe => Some(addresses.probe_turn().await),
+            Verdict::Publish | Verdict::Dead => None,
+        };
+        if turn.is_some() {
+            verdict = addresses.verdict(&reply_to);
+        }
+        let published = match verdict {
             Verdict::Dead => {
                 tracing::debug!(%reply_to, "not replying to an address that broke a connection before");
                 stats.outcome(Outcome::Undeliverable);
                 return ack(self.acker).await;
             }
-            Verdict::Probe => {
-                let _turn = addresses.probe_turn().await;
-                match reply::publish_alone(broker, reply_to.clone(), correlation_id, outcome).await {
-                    Ok(true) => {
-                        addresses.probed(&reply_to, true);
-                        Ok(())
-                    }
-                    Ok(false) => {
-                        tracing::warn!(
-                            %reply_to,
-                            "a reply to this address broke its connection: its caller's node is gone; \
-                             not replying to it any more"
-                        );
-                        addresses.probed(&reply_to, false);
-                        stats.outcome(Outcome::Undeliverable);
-                        return ack(self.acker).await;
-                    }
-                    Err(error) => Err(error),
+            Verdict::Probe => match reply::publish_alone(broker, reply_to.clone(), correlation_id, outcome).await {
+                Ok(true) => {
+                    addresses.probed(&reply_to, true);
+                    Ok(())
                 }
-            }
+                Ok(false) => {
+                    tracing::warn!(
+                        %reply_to,
+                        "a reply to this address broke its connection: its caller's node is gone; \
+                         not replying to it any more"
+                    );
+                    addresses.probed(&reply_to, false);
+                    stats.outcome(Outcome::Undeliverable);
+                    return ack(self.acker).await;
+                }
+                Err(error) => Err(error),
+            },
             // Bounded: an await on a channel that died silently must not hold
             // the request (and a prefetch slot) forever.
             Verdict::Publish => {
+                drop(turn);
                 let _in_flight = addresses.publishing(&reply_to);
                 let published = reply::publish(channel, reply_to, correlation_id, outcome).await;
                 if published.is_err() {

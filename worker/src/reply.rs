@@ -30,8 +30,9 @@ pub(crate) enum ReplyError {
 /// Publishes a reply alone, on a connection of its own, closed afterwards:
 /// for an address that may break the connection a reply to it is published
 /// on (`crate::addresses`). `Ok(true)`: the broker confirmed it; `Ok(false)`:
-/// it did not (the connection broke on it); `Err`: no connection could be
-/// set up, so nothing was learned about the address.
+/// the broker closed the connection on it with `INTERNAL_ERROR`; `Err`:
+/// anything else (no connection, the broker going away), from which nothing
+/// is learned about the address.
 pub(crate) async fn publish_alone(
     broker: &Broker,
     reply_to: ShortString,
@@ -41,9 +42,30 @@ pub(crate) async fn publish_alone(
     let Connected { connection, .. } = broker.connect("grpc-amqp-worker-reply").await?;
     let channel = broker::bounded(connection.create_channel()).await?;
     broker::bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-    let confirmed = publish(&channel, reply_to, correlation_id, outcome).await.is_ok();
+    let published = publish(&channel, reply_to, correlation_id, outcome).await;
     let _ = broker::bounded(connection.close(200, "reply published".into())).await;
-    Ok(confirmed)
+    match published {
+        Ok(()) => Ok(true),
+        Err(error) if broke_the_connection(&error) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// True when the broker closed the connection with `INTERNAL_ERROR`: what
+/// RabbitMQ 3.10 does when a reply crashes its channel. Any other failure
+/// (the broker going away, a timeout) says nothing about the address.
+fn broke_the_connection(error: &ReplyError) -> bool {
+    use lapin::{
+        ErrorKind,
+        protocol::{AMQPErrorKind, AMQPHardError},
+    };
+    match error {
+        ReplyError::Publish(StepError::Amqp(error)) => matches!(
+            error.kind(),
+            ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR))
+        ),
+        _ => false,
+    }
 }
 
 /// Publishes the reply to a request and waits for the broker's confirm,
@@ -101,6 +123,21 @@ pub(crate) fn encode(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_internal_error_close_marks_an_address() {
+        use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError};
+        let closed = |kind| {
+            let error: lapin::Error = lapin::ErrorKind::ProtocolError(AMQPError::new(kind, "closed".into())).into();
+            ReplyError::Publish(StepError::Amqp(error))
+        };
+        assert!(broke_the_connection(&closed(AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR))));
+        assert!(!broke_the_connection(&closed(AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED))));
+        let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionReset).into();
+        assert!(!broke_the_connection(&ReplyError::Publish(StepError::Amqp(io))));
+        assert!(!broke_the_connection(&ReplyError::Publish(StepError::Timeout(broker::STEP_TIMEOUT))));
+        assert!(!broke_the_connection(&ReplyError::Nacked));
+    }
+
     use tonic::Code;
 
     use super::*;
