@@ -8,8 +8,8 @@
 //! that address does the same (`docs/cluster.md`). Which of the replies in
 //! flight did it cannot be told from the outside, so:
 //!
-//! 1. when a reply fails, every address with a reply in flight at that moment
-//!    becomes *suspect*;
+//! 1. when a reply fails, its address becomes *suspect*: every reply in
+//!    flight on a broken connection fails, so the culprit is among them;
 //! 2. a reply to a suspect address is published alone, on a connection of
 //!    its own ([`crate::reply::publish_alone`]), one at a time: if the broker
 //!    confirms it, the address is cleared; if the broker closes that
@@ -58,28 +58,8 @@ pub(crate) struct ReplyAddresses {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Replies published and not yet confirmed, by address.
-    in_flight: HashMap<ShortString, usize>,
     suspect: HashSet<ShortString>,
     dead: HashMap<ShortString, Instant>,
-}
-
-/// A reply in flight to an address, counted until dropped.
-pub(crate) struct InFlight<'a> {
-    addresses: &'a ReplyAddresses,
-    address: ShortString,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let mut state = self.addresses.state.lock();
-        if let Some(count) = state.in_flight.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                state.in_flight.remove(&self.address);
-            }
-        }
-    }
 }
 
 impl ReplyAddresses {
@@ -96,17 +76,9 @@ impl ReplyAddresses {
         if state.suspect.contains(address) { Verdict::Probe } else { Verdict::Publish }
     }
 
-    /// Counts a reply to `address` as in flight until the guard is dropped.
-    pub(crate) fn publishing(&self, address: &ShortString) -> InFlight<'_> {
-        *self.state.lock().in_flight.entry(address.clone()).or_default() += 1;
-        InFlight { addresses: self, address: address.clone() }
-    }
-
-    /// A reply failed: every address with a reply in flight is suspect.
-    pub(crate) fn reply_failed(&self) {
-        let mut state = self.state.lock();
-        let in_flight: Vec<ShortString> = state.in_flight.keys().cloned().collect();
-        state.suspect.extend(in_flight);
+    /// A reply to `address` failed: the address is suspect.
+    pub(crate) fn reply_failed(&self, address: &ShortString) {
+        self.state.lock().suspect.insert(address.clone());
     }
 
     /// Waits for the turn to publish a probe; probes go one at a time.
@@ -139,11 +111,9 @@ mod tests {
     fn a_failure_makes_the_addresses_in_flight_suspect_and_a_probe_decides() {
         let addresses = ReplyAddresses::default();
         let (dead, alive, idle): (ShortString, ShortString, ShortString) = ("a".into(), "b".into(), "c".into());
-        {
-            let _dead = addresses.publishing(&dead);
-            let _alive = addresses.publishing(&alive);
-            addresses.reply_failed();
-        }
+        // A broken connection fails every reply in flight on it.
+        addresses.reply_failed(&dead);
+        addresses.reply_failed(&alive);
         assert_eq!(addresses.verdict(&dead), Verdict::Probe);
         assert_eq!(addresses.verdict(&alive), Verdict::Probe);
         assert_eq!(addresses.verdict(&idle), Verdict::Publish, "not in flight when it failed");
@@ -151,7 +121,6 @@ mod tests {
         addresses.probed(&dead, false);
         assert_eq!(addresses.verdict(&alive), Verdict::Publish);
         assert_eq!(addresses.verdict(&dead), Verdict::Dead);
-        assert!(addresses.state.lock().in_flight.is_empty(), "guards uncount their replies");
     }
 
     #[test]

@@ -227,10 +227,9 @@ impl Answer {
             // the request (and a prefetch slot) forever.
             Verdict::Publish => {
                 drop(turn);
-                let _in_flight = addresses.publishing(&reply_to);
-                let published = reply::publish(channel, reply_to, correlation_id, outcome).await;
+                let published = reply::publish(channel, reply_to.clone(), correlation_id, outcome).await;
                 if published.is_err() {
-                    addresses.reply_failed();
+                    addresses.reply_failed(&reply_to);
                 }
                 published
             }

@@ -44,8 +44,6 @@ pub struct Stats {
     /// Requests whose headers were rejected on arrival (nested too deep or
     /// malformed), answered INVALID_ARGUMENT without running the handler.
     pub headers_rejected: AtomicU64,
-    /// The broker node (`host:port`) the worker is connected to now.
-    node: parking_lot::Mutex<Option<String>>,
     route: String,
     metrics: Metrics,
 }
@@ -80,7 +78,6 @@ impl Stats {
             reconnects: AtomicU64::new(0),
             channel_recoveries: AtomicU64::new(0),
             headers_rejected: AtomicU64::new(0),
-            node: parking_lot::Mutex::new(None),
             route: route().1,
             metrics: Metrics {
                 ok: outcome("ok"),
@@ -141,21 +138,14 @@ impl Stats {
         self.metrics.headers_rejected.increment(1);
     }
 
-    /// The broker node (`host:port`) the worker is connected to now, if any.
-    pub fn node(&self) -> Option<String> {
-        self.node.lock().clone()
-    }
-
-    /// Records the node connected to (None: disconnected), and sets
-    /// `worker_broker_connected{route, node}`: 1 for that node, 0 for the
-    /// other nodes of the list.
+    /// Sets `worker_broker_connected{route, node}`: 1 for the node connected
+    /// to (None: disconnected), 0 for the other nodes of the list.
     pub(crate) fn broker_node(&self, nodes: &[amqp_gateway::broker::AmqpUrl], connected: Option<&str>) {
         for node in nodes {
             let up = connected == Some(node.node());
             let labels = [("route", self.route.clone()), ("node", node.node().to_owned())];
             metrics::gauge!("worker_broker_connected", &labels).set(if up { 1.0 } else { 0.0 });
         }
-        *self.node.lock() = connected.map(str::to_owned);
     }
 
     pub(crate) fn channel_recovered(&self) {
