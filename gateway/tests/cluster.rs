@@ -329,13 +329,10 @@ async fn replies_to_a_dead_nodes_callers_break_a_worker_connection_once() {
     let cluster = PrivateCluster::start(3).await;
     let urls = cluster.url_list();
     let route = testkit::unique("orphans");
-    let (_gateway, addr) = gateway(&urls, &route, &[]).await;
-    let dead = {
-        let node = testkit::eventually_value("the gateway SERVING", RECOVERY, || broker_node(addr)).await;
-        cluster.node_of_port(node.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap()).unwrap()
-    };
+    let (gateway, addr) = gateway(&urls, &route, &[]).await;
+    let fixture = Fixture { cluster, route: route.clone(), workers: Vec::new(), gateways: vec![(gateway, addr)] };
+    let dead = fixture.node_of_gateway(0).await;
     let alive = (dead + 1) % 3;
-    let fixture = Fixture { cluster, route: route.clone(), workers: Vec::new(), gateways: Vec::new() };
     fixture.declare_queue_through(alive, DELIVERY_LIMIT).await;
 
     const WAITING: usize = 20;

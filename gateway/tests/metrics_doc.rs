@@ -19,7 +19,7 @@ use std::{
 };
 
 use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
-use testkit::{Process, load::logged};
+use testkit::load::{gateway, worker};
 use tonic::Code;
 
 /// Metric name → label names, as the table in `docs/observability.md` has them.
@@ -164,23 +164,11 @@ fn label_names(mut labels: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_binaries_serve_only_documented_metrics_with_the_documented_labels() {
     let url = testkit::amqp_url();
-    let env = [("AMQP_URL", url.as_str())];
     let route = testkit::unique("metrics-doc");
     let worker_metrics = testkit::free_addr();
-    let worker = Process::spawn(
-        "worker",
-        &["--route", &route, "--durable", "false", "--metrics-listen", &worker_metrics.to_string()],
-        &env,
-    );
-    logged(&worker, "consuming").await;
-    let addr = testkit::free_addr();
+    let _worker = worker(&url, &route, &["--durable", "false", "--metrics-listen", &worker_metrics.to_string()]).await;
     let gateway_metrics = testkit::free_addr();
-    let gateway = Process::spawn(
-        "gateway",
-        &["--listen", &addr.to_string(), "--routes", &route, "--metrics-listen", &gateway_metrics.to_string()],
-        &env,
-    );
-    logged(&gateway, "connected to the broker").await;
+    let (_gateway, addr) = gateway(&url, &route, &["--metrics-listen", &gateway_metrics.to_string()]).await;
 
     // One call answered, one refused: the refusal creates the rejection
     // counter, which exists only once something was rejected.

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
 use testkit::{
     Process,
-    load::logged,
+    load::{gateway, logged, worker},
     otlp::{OtlpCollector, STATUS_ERROR, Span, kind},
 };
 use tonic::{Code, transport::Channel};
@@ -231,25 +231,13 @@ async fn a_python_pika_worker_reads_the_trace_context() {
 #[tokio::test]
 async fn metrics_count_calls_by_route_and_code() {
     let url = testkit::amqp_url();
-    let env = [("AMQP_URL", url.as_str())];
     let route = testkit::unique("metered");
     let unbound = testkit::unique("metered-nobody");
     let worker_metrics = testkit::free_addr();
-    let worker = Process::spawn(
-        "worker",
-        &["--route", &route, "--durable", "false", "--metrics-listen", &worker_metrics.to_string()],
-        &env,
-    );
-    logged(&worker, "consuming").await;
-    let addr = testkit::free_addr();
+    let _worker = worker(&url, &route, &["--durable", "false", "--metrics-listen", &worker_metrics.to_string()]).await;
     let gateway_metrics = testkit::free_addr();
     let routes = format!("{route},{unbound}");
-    let gateway = Process::spawn(
-        "gateway",
-        &["--listen", &addr.to_string(), "--routes", &routes, "--metrics-listen", &gateway_metrics.to_string()],
-        &env,
-    );
-    logged(&gateway, "connected to the broker").await;
+    let (_gateway, addr) = gateway(&url, &routes, &["--metrics-listen", &gateway_metrics.to_string()]).await;
 
     let mut client = client(addr).await;
     for i in 0..3 {

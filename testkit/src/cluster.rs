@@ -248,16 +248,6 @@ impl PrivateCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    fn stop(&self) {
-        let _ = std::process::Command::new(script())
-            .arg("stop")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// The leader `list_queues --formatter json name leader` names for `queue`.
@@ -269,7 +259,7 @@ fn leader_in(json: &str, queue: &str) -> Option<String> {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        self.stop();
+        crate::stop_quietly(&script(), &self.dir);
         if std::thread::panicking() {
             // The nodes' logs explain a failed test: keep them.
             eprintln!("PrivateCluster: the nodes are stopped; their logs are kept in {}", self.dir.display());

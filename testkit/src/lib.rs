@@ -353,13 +353,20 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(Self::script())
-            .arg("stop")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        stop_quietly(&Self::script(), &self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `SCRIPT stop DIR` and waits for it, ignoring its output and result:
+/// how a dropped private node or cluster is stopped (blocking, since `Drop`
+/// cannot await).
+pub(crate) fn stop_quietly(script: &std::path::Path, dir: &std::path::Path) {
+    let _ = std::process::Command::new(script)
+        .arg("stop")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
