@@ -59,6 +59,22 @@ pub const TRACESTATE_HEADER: &str = "tracestate";
 /// W3C Baggage.
 pub const BAGGAGE_HEADER: &str = "baggage";
 
+/// Set on requests of a typed method (a user's protobuf service served with
+/// `--service`): the method's full name, `package.Service/Method` (for
+/// example `orders.v1.Orders/Create`), as an AMQP long string. Absent on
+/// `gateway.v1.Gateway/Process` requests. A worker serving several methods
+/// on one queue can dispatch on it; the AMQP `type` property carries the
+/// request message's full name beside it.
+pub const METHOD_HEADER: &str = "x-grpc-method";
+
+/// Content type of a typed method's request and reply in passthrough: the
+/// message's protobuf encoding, byte for byte as the caller sent it.
+pub const PROTOBUF: &str = "application/x-protobuf";
+
+/// Content type of a typed method's request and reply when the gateway
+/// transcodes (`--transcode-json`): canonical proto3 JSON.
+pub const JSON: &str = "application/json";
+
 /// Longest AMQP short string, in bytes: routing keys, queue names,
 /// correlation ids, header names.
 pub const SHORT_STRING_MAX: usize = 255;
