@@ -1,16 +1,22 @@
 //! `loadgen bench`: the gateway side by side with the same request/reply
-//! straight over AMQP, on this machine.
+//! straight over AMQP, and its typed methods side by side with `Process`, on
+//! this machine.
 //!
 //! Starts its own echo `worker` (`--prefetch 256`, non-durable queue, a route
 //! of its own) and `gateway` (the binaries next to this executable:
 //! `target/release/` after `cargo build --release --bins`) against the broker
-//! in `AMQP_URL`. Then, for every payload size and concurrency, it runs the
-//! modes in turn (gateway, raw-amqp, raw-bare), for several rounds, so slow
-//! drift on a shared machine hits every mode alike; each mode's best round
-//! (highest calls/s) is reported, with that round's latencies. Around each
-//! run it reads the CPU time of the gateway, the worker, the broker (the
-//! process listening on the broker's port, when it is local) and itself
-//! from `/proc`, to give
+//! in `AMQP_URL`. With a typed mode selected (`--modes`), the same gateway
+//! also serves loadgen's `loadgen.v1.Echo` API (see `typed`): `Echo` in
+//! passthrough and `EchoJson` transcoded to JSON, each method on a route of
+//! its own with an echo worker of its own, started like the first. One
+//! gateway for every mode, so `Process` and the typed methods are measured in
+//! the same process, equally warm. Then, for every payload size and
+//! concurrency, it runs the modes in turn (gateway, typed, typed-json,
+//! raw-amqp, raw-bare), for several rounds, so slow drift on a shared machine
+//! hits every mode alike; each mode's best round (highest calls/s) is
+//! reported, with that round's latencies. Around each run it reads the CPU
+//! time of the gateway, the mode's worker, the broker (the process listening
+//! on the broker's port, when it is local) and itself from `/proc`, to give
 //! CPU per call, and the whole machine's, to show how much of it went to
 //! other processes. Before each run it waits (bounded) for the machine to be
 //! idle, and a run during which other processes took more than 10% of the
@@ -46,6 +52,7 @@ use crate::{
     mode::{self, Load, LoadError, Mode},
     procfs::{self, MachineTicks, ProcError},
     report::{Run, ms},
+    typed,
 };
 
 /// AMQP channels of the bench's gateway, and so of the raw clients: both
@@ -70,10 +77,15 @@ pub(crate) struct BenchArgs {
     /// Warm-up before each run, not recorded.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Rounds of (gateway, raw-amqp, raw-bare) per configuration; the best
-    /// round of each mode is reported.
+    /// Rounds of every mode per configuration; the best round of each mode
+    /// is reported.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
+    /// Modes to measure (run in the order gateway, typed, typed-json,
+    /// raw-amqp, raw-bare whatever the order given). Without a typed mode
+    /// the gateway is started without the typed API.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "gateway,typed,typed-json,raw-amqp,raw-bare")]
+    modes: Vec<Mode>,
     /// Concurrencies to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     concurrency: Vec<usize>,
@@ -116,6 +128,8 @@ pub(crate) enum BenchError {
     Write { path: String, source: std::io::Error },
     #[error("encoding JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("--modes: no mode selected")]
+    NoMode,
 }
 
 /// One run of one mode, with the CPU time the processes spent on it.
@@ -181,7 +195,29 @@ impl Cell {
 
     /// Gateway throughput over `baseline`'s.
     fn throughput_ratio(&self, baseline: Mode) -> Option<f64> {
-        ratio(self.best(Mode::Gateway)?.run.calls_per_sec(), self.best(baseline)?.run.calls_per_sec())
+        self.throughput_of(Mode::Gateway, baseline)
+    }
+
+    /// `mode`'s throughput over `baseline`'s.
+    fn throughput_of(&self, mode: Mode, baseline: Mode) -> Option<f64> {
+        ratio(self.best(mode)?.run.calls_per_sec(), self.best(baseline)?.run.calls_per_sec())
+    }
+
+    /// The gateway's CPU time per call in `mode`'s best round, µs.
+    fn gateway_cpu_us(&self, mode: Mode) -> Option<f64> {
+        self.best(mode).map(|s| s.per_call_us(s.gateway_cpu))
+    }
+
+    /// The gateway's CPU per call in `mode` over its CPU per call in
+    /// `Process` (gateway mode).
+    fn gateway_cpu_over_process(&self, mode: Mode) -> Option<f64> {
+        ratio(self.gateway_cpu_us(mode)?, self.gateway_cpu_us(Mode::Gateway)?)
+    }
+
+    /// What transcoding to JSON adds to the gateway's CPU per call over
+    /// passthrough, µs.
+    fn json_added_cpu_us(&self) -> Option<f64> {
+        Some(self.gateway_cpu_us(Mode::TypedJson)? - self.gateway_cpu_us(Mode::Typed)?)
     }
 
     /// Gateway p99 over `baseline`'s.
@@ -211,6 +247,12 @@ impl Cell {
                 "throughput_gateway_over_raw_bare": self.throughput_ratio(Mode::RawBare),
                 "p99_gateway_over_raw_bare": self.p99_ratio(Mode::RawBare),
                 "added_median_us": self.added_median_us(),
+                "throughput_typed_over_gateway": self.throughput_of(Mode::Typed, Mode::Gateway),
+                "throughput_typed_json_over_gateway": self.throughput_of(Mode::TypedJson, Mode::Gateway),
+                "throughput_typed_json_over_typed": self.throughput_of(Mode::TypedJson, Mode::Typed),
+                "gateway_cpu_typed_over_gateway": self.gateway_cpu_over_process(Mode::Typed),
+                "gateway_cpu_typed_json_over_gateway": self.gateway_cpu_over_process(Mode::TypedJson),
+                "json_added_gateway_cpu_us": self.json_added_cpu_us(),
             },
             "rounds": self.samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
         })
@@ -261,15 +303,33 @@ struct Results {
 
 /// Runs the bench.
 pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    if args.modes.is_empty() {
+        return Err(BenchError::NoMode);
+    }
     let url = args.amqp_url.clone();
     let route = testkit::unique("bench");
-    eprintln!("bench: starting a worker and a gateway (route {route})");
-    let worker_process = worker(&url, &route, &["--prefetch", "256", "--durable", "false"]).await;
-    let channels = CHANNELS.to_string();
-    let (gateway_process, addr) = gateway(&url, &route, &["--channels", &channels]).await;
+    let typed = args.modes.iter().any(|m| matches!(m, Mode::Typed | Mode::TypedJson));
+    let (typed_route, json_route) = (format!("{route}-typed"), format!("{route}-json"));
+    let echo = ["--prefetch", "256", "--durable", "false"];
+    let worker_process = worker(&url, &route, &echo).await;
+    let mut gateway_args = vec!["--channels".to_owned(), CHANNELS.to_string()];
+    let mut typed_workers = None;
+    let descriptor_set = std::env::temp_dir().join(format!("{route}-echo.binpb"));
+    if typed {
+        eprintln!("bench: starting three workers (routes {route}, {typed_route}, {json_route}) and a gateway");
+        typed::write_descriptor_set(&descriptor_set)
+            .map_err(|source| BenchError::Write { path: descriptor_set.display().to_string(), source })?;
+        gateway_args.extend(typed::gateway_args(&descriptor_set, &typed_route, &json_route));
+        typed_workers = Some((worker(&url, &typed_route, &echo).await, worker(&url, &json_route, &echo).await));
+    } else {
+        eprintln!("bench: starting a worker and a gateway (route {route})");
+    }
+    let gateway_args: Vec<&str> = gateway_args.iter().map(String::as_str).collect();
+    let (gateway_process, addr) = gateway(&url, &route, &gateway_args).await;
     let pids = Pids {
         gateway: gateway_process.pid(),
         worker: worker_process.pid(),
+        typed_workers: typed_workers.as_ref().map(|(typed, json)| (typed.pid(), json.pid())),
         broker: local_broker_port(&url).and_then(procfs::listener),
     };
     if pids.broker.is_none() {
@@ -278,7 +338,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let measured = measure_all(&args, &url, &route, addr, &pids).await;
     drop(gateway_process);
     drop(worker_process);
-    delete_queues(&url, &[route.as_str()]).await;
+    drop(typed_workers);
+    if typed {
+        let _ = std::fs::remove_file(&descriptor_set);
+        delete_queues(&url, &[route.as_str(), typed_route.as_str(), json_route.as_str()]).await;
+    } else {
+        delete_queues(&url, &[route.as_str()]).await;
+    }
     let (cells, gateway_peak_rss) = measured?;
 
     let in_flight = if args.in_flight > 0 { Some(in_flight(&url, args.in_flight).await?) } else { None };
@@ -286,8 +352,12 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), BenchError> {
 
     // The chart shows the smallest payload (64 B by default).
     let chart_payload = args.payload_sizes.iter().copied().min().unwrap_or(64);
-    let chart_series: Vec<Series> = Mode::ALL
+    // In this order the chart keeps the colours it had before the typed
+    // modes: gateway red, raw-amqp blue, raw-bare grey.
+    let chart_order = [Mode::Gateway, Mode::RawAmqp, Mode::RawBare, Mode::Typed, Mode::TypedJson];
+    let chart_series: Vec<Series> = chart_order
         .iter()
+        .filter(|mode| args.modes.contains(mode))
         .map(|&mode| Series {
             name: mode.name(),
             points: cells
@@ -340,14 +410,15 @@ async fn measure_all(
     addr: std::net::SocketAddr,
     pids: &Pids,
 ) -> Result<(Vec<Cell>, u64), BenchError> {
-    let runs = args.payload_sizes.len() * args.concurrency.len() * Mode::ALL.len() * args.rounds as usize;
+    let modes: Vec<Mode> = Mode::ALL.into_iter().filter(|m| args.modes.contains(m)).collect();
+    let runs = args.payload_sizes.len() * args.concurrency.len() * modes.len() * args.rounds as usize;
     let mut cells = Vec::new();
     let mut index = 0;
     for &payload in &args.payload_sizes {
         for &concurrency in &args.concurrency {
             let mut cell = Cell { payload, concurrency, samples: Vec::new() };
             for round in 1..=args.rounds {
-                for mode in Mode::ALL {
+                for &mode in &modes {
                     index += 1;
                     let load = Load {
                         mode,
@@ -355,7 +426,7 @@ async fn measure_all(
                         amqp_url: url.to_owned(),
                         route: route.to_owned(),
                         concurrency,
-                        connections: if mode == Mode::Gateway { concurrency.clamp(1, 4) } else { CHANNELS },
+                        connections: if mode.via_gateway() { concurrency.clamp(1, 4) } else { CHANNELS },
                         payload: vec![b'x'; payload].into(),
                         deadline: args.deadline,
                         plan: Plan { stop: Stop::After(args.duration), warmup: args.warmup, progress: false },
@@ -406,23 +477,43 @@ async fn measure_all(
 #[derive(Debug)]
 struct Pids {
     gateway: u32,
+    /// The worker of the `Process` route (gateway and raw modes).
     worker: u32,
+    /// The workers of the typed routes (passthrough, JSON), when started.
+    typed_workers: Option<(u32, u32)>,
     broker: Option<u32>,
 }
 
-/// CPU time of the gateway, the worker, this process and the broker so far.
-fn cpu_times(pids: &Pids) -> Result<[Duration; 4], ProcError> {
+impl Pids {
+    /// The worker that answers `mode`'s calls.
+    fn worker(&self, mode: Mode) -> u32 {
+        match (mode, self.typed_workers) {
+            (Mode::Typed, Some((typed, _))) => typed,
+            (Mode::TypedJson, Some((_, json))) => json,
+            _ => self.worker,
+        }
+    }
+}
+
+/// CPU time of the gateway, `mode`'s worker, this process and the broker so
+/// far.
+fn cpu_times(pids: &Pids, mode: Mode) -> Result<[Duration; 4], ProcError> {
     let broker = pids.broker.map(procfs::cpu_time).transpose()?.unwrap_or_default();
-    Ok([procfs::cpu_time(pids.gateway)?, procfs::cpu_time(pids.worker)?, procfs::cpu_time(std::process::id())?, broker])
+    Ok([
+        procfs::cpu_time(pids.gateway)?,
+        procfs::cpu_time(pids.worker(mode))?,
+        procfs::cpu_time(std::process::id())?,
+        broker,
+    ])
 }
 
 /// One run with CPU and machine readings around it.
 async fn measure(load: &Load, round: u64, pids: &Pids, settled: bool) -> Result<Sample, BenchError> {
-    let before = cpu_times(pids)?;
+    let before = cpu_times(pids, load.mode)?;
     let machine_before = MachineTicks::now()?;
     let run = mode::run(load).await?;
     let machine_after = MachineTicks::now()?;
-    let after = cpu_times(pids)?;
+    let after = cpu_times(pids, load.mode)?;
     let spent: Vec<Duration> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(b)).collect();
     let machine_busy = machine_after.busy_since(&machine_before);
     let machine_cpu = machine_after.busy_time_since(&machine_before);
@@ -634,6 +725,22 @@ fn targets(cells: &[Cell], in_flight: Option<&InFlight>, growth: Option<&Growth>
         at_least: false,
         unit: " µs",
     });
+    for (payload, label) in [(64, "64 B"), (16384, "16 KiB")] {
+        targets.push(Target {
+            what: format!("throughput typed/Process, {label}, concurrency 64"),
+            value: cell(payload, 64).and_then(|c| c.throughput_of(Mode::Typed, Mode::Gateway)),
+            bound: 0.95,
+            at_least: true,
+            unit: "",
+        });
+        targets.push(Target {
+            what: format!("gateway CPU per call typed/Process, {label}, concurrency 64"),
+            value: cell(payload, 64).and_then(|c| c.gateway_cpu_over_process(Mode::Typed)),
+            bound: 1.05,
+            at_least: false,
+            unit: "",
+        });
+    }
     targets.push(Target {
         what: "gateway peak RSS with 10,000 calls in flight".into(),
         value: in_flight.filter(|f| f.calls >= 10_000).map(|f| f.peak_rss as f64 / 1e6),
@@ -689,6 +796,15 @@ fn report(args: &BenchArgs, results: &Results) -> String {
         "gateway: {CHANNELS} AMQP channels, min(concurrency, 4) gRPC connections; raw modes: 1 AMQP connection, \
          {CHANNELS} channels; worker: echo, prefetch 256"
     );
+    if args.modes.iter().any(|m| matches!(m, Mode::Typed | Mode::TypedJson)) {
+        let _ = writeln!(
+            out,
+            "typed: {} (passthrough) and typed-json: {} (--transcode-json) through the same gateway, each on a route \
+             with an echo worker of its own",
+            typed::ECHO,
+            typed::ECHO_JSON
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "Throughput and p99 (best round per mode); ratios are gateway over baseline");
     let _ = writeln!(out);
@@ -756,6 +872,9 @@ fn report(args: &BenchArgs, results: &Results) -> String {
             c.failed(),
         );
     }
+    if cells.iter().any(|c| c.best(Mode::Typed).is_some() || c.best(Mode::TypedJson).is_some()) {
+        typed_report(&mut out, cells);
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "gateway peak RSS (VmHWM) after every run above: {:.1} MiB", mib(*gateway_peak_rss));
     if let Some(f) = in_flight {
@@ -792,6 +911,51 @@ fn report(args: &BenchArgs, results: &Results) -> String {
     out
 }
 
+/// The typed methods against `Process` (gateway mode), in the same gateway:
+/// issue 14 asks typed passthrough to cost within 5% of `Process`, and the
+/// cost of JSON transcoding to be known.
+fn typed_report(out: &mut String, cells: &[Cell]) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Typed methods against Process, same gateway (best round per mode); ratios are over Process; gateway CPU in \
+         µs per call (warm-up included); JSON adds: typed-json minus typed"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| payload | conc. | Process calls/s | typed calls/s | typed-json calls/s | thr. typed/Process | \
+         thr. json/Process | gateway CPU Process | gateway CPU typed | gateway CPU json | CPU typed/Process | \
+         CPU json/Process | JSON adds, gateway CPU | Process p50 | typed p50 | typed-json p50 |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for c in cells {
+        let rate = |m| best_cell(c, m, |s| format!("{:.0}", s.run.calls_per_sec()));
+        let cpu = |m| best_cell(c, m, |s| format!("{:.0}", s.per_call_us(s.gateway_cpu)));
+        let p50 = |m| best_cell(c, m, |s| ms(s.run.p50_us()));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            payload_label(c.payload),
+            c.concurrency,
+            rate(Mode::Gateway),
+            rate(Mode::Typed),
+            rate(Mode::TypedJson),
+            ratio_cell(c.throughput_of(Mode::Typed, Mode::Gateway)),
+            ratio_cell(c.throughput_of(Mode::TypedJson, Mode::Gateway)),
+            cpu(Mode::Gateway),
+            cpu(Mode::Typed),
+            cpu(Mode::TypedJson),
+            ratio_cell(c.gateway_cpu_over_process(Mode::Typed)),
+            ratio_cell(c.gateway_cpu_over_process(Mode::TypedJson)),
+            c.json_added_cpu_us().map_or_else(|| "-".to_owned(), |v| format!("{v:+.0} µs")),
+            p50(Mode::Gateway),
+            p50(Mode::Typed),
+            p50(Mode::TypedJson),
+        );
+    }
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -806,6 +970,7 @@ fn to_json(args: &BenchArgs, results: &Results) -> Value {
             "rounds": args.rounds,
             "deadline_s": args.deadline.as_secs_f64(),
             "settle_s": args.settle.as_secs_f64(),
+            "modes": args.modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
             "gateway_amqp_channels": CHANNELS,
             "raw_amqp_channels": CHANNELS,
             "selection": "best round per mode by calls/s",

@@ -24,7 +24,14 @@ pub(crate) struct ChartError {
     message: String,
 }
 
-const COLORS: [RGBColor; 3] = [RGBColor(0xd6, 0x27, 0x28), RGBColor(0x1f, 0x77, 0xb4), RGBColor(0x7f, 0x7f, 0x7f)];
+/// Series colours in order: red, blue, grey, orange, green.
+const COLORS: [RGBColor; 5] = [
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+];
 
 /// Draws `series` into `path`, two panels side by side, captioned with `title`.
 pub(crate) fn draw(path: &Path, title: &str, series: &[Series]) -> Result<(), ChartError> {

@@ -1,13 +1,16 @@
-//! `loadgen`: drives load through the gateway, or the same request/reply
-//! straight over AMQP, and reports calls/s, latency percentiles and errors
-//! by code. `loadgen bench` runs all three side by side.
+//! `loadgen`: drives load through the gateway (`Process`, or a typed method
+//! of its own tiny API), or the same request/reply straight over AMQP, and
+//! reports calls/s, latency percentiles and errors by code. `loadgen bench`
+//! runs them side by side.
 //!
 //! # Layout
 //!
 //! - `main.rs` (here): arguments, and the report of a single run.
-//! - `mode`: the three modes behind one call.
+//! - `mode`: the modes behind one call.
 //! - `driver`: the closed-loop load shared by every mode.
 //! - `gateway`: gateway mode (tonic client).
+//! - `typed`: the typed modes: loadgen's `loadgen.v1.Echo` API (its
+//!   descriptor set, built in code) and tonic's generic client.
 //! - `amqp`: the raw modes (lapin, Direct Reply-to).
 //! - `report`: the latency histogram, the table and the JSON.
 //! - `bench`: the side-by-side benchmark against processes it starts;
@@ -16,6 +19,7 @@
 //! ```sh
 //! cargo build --release --bins
 //! target/release/loadgen --mode gateway --target 127.0.0.1:50051 --route echo --duration 10s
+//! target/release/loadgen descriptor-set echo.binpb   # for a gateway serving the typed modes
 //! target/release/loadgen bench
 //! ```
 
@@ -27,6 +31,7 @@ mod gateway;
 mod mode;
 mod procfs;
 mod report;
+mod typed;
 
 use std::{io::IsTerminal as _, time::Duration};
 
@@ -59,7 +64,13 @@ struct Cli {
 enum Command {
     /// Start a worker and a gateway, and compare the gateway with raw AMQP
     /// at several concurrencies and payload sizes.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
+    /// Write the descriptor set of loadgen's typed API (`loadgen.v1.Echo`,
+    /// methods `Echo` and `EchoJson`) for the gateway's `--descriptor-set`.
+    DescriptorSet {
+        /// Where to write it.
+        file: std::path::PathBuf,
+    },
 }
 
 /// A single run.
@@ -68,13 +79,14 @@ struct RunArgs {
     /// What carries the calls.
     #[arg(long, value_enum, default_value_t = Mode::Gateway)]
     mode: Mode,
-    /// The gateway (gateway mode).
+    /// The gateway (gateway and typed modes).
     #[arg(long, default_value = "127.0.0.1:50051")]
     target: String,
     /// The broker (raw modes).
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
-    /// The route: the queue the worker consumes.
+    /// The route: the queue the worker consumes (gateway and raw modes; the
+    /// gateway routes the typed modes' methods itself).
     #[arg(long, default_value = "echo")]
     route: String,
     /// Concurrent callers, each making one call after the other.
@@ -92,7 +104,7 @@ struct RunArgs {
     /// Deadline of every call.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     deadline: Duration,
-    /// gRPC connections (gateway mode) or AMQP channels (raw modes); default
+    /// gRPC connections (gateway and typed modes) or AMQP channels (raw modes); default
     /// min(concurrency, 4).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     connections: Option<u64>,
@@ -108,7 +120,10 @@ struct RunArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Bench(args)) => bench::run(args).await.context("bench"),
+        Some(Command::Bench(args)) => bench::run(*args).await.context("bench"),
+        Some(Command::DescriptorSet { file }) => {
+            typed::write_descriptor_set(&file).with_context(|| format!("writing {}", file.display()))
+        }
         None => single(cli.run).await,
     }
 }
@@ -138,22 +153,23 @@ async fn single(args: RunArgs) -> anyhow::Result<()> {
         report["route"] = json!(load.route);
         report["payload_size"] = json!(args.payload_size);
         report["connections"] = json!(connections);
-        if load.mode == Mode::Gateway {
+        if load.mode.via_gateway() {
             report["target"] = json!(load.target);
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let via = match load.mode {
-            Mode::Gateway => format!("gateway {}", load.target),
-            Mode::RawAmqp | Mode::RawBare => "the broker".to_owned(),
+            Mode::Gateway => format!("gateway {}, route {:?}", load.target, load.route),
+            Mode::Typed => format!("gateway {}, {}", load.target, typed::ECHO),
+            Mode::TypedJson => format!("gateway {}, {} (JSON)", load.target, typed::ECHO_JSON),
+            Mode::RawAmqp | Mode::RawBare => format!("the broker, route {:?}", load.route),
         };
         let title = format!(
-            "{} mode via {via}, route {:?}, {} B payload, {} {}",
+            "{} mode via {via}, {} B payload, {} {}",
             load.mode.name(),
-            load.route,
             args.payload_size,
             connections,
-            if load.mode == Mode::Gateway { "connections" } else { "channels" }
+            if load.mode.via_gateway() { "connections" } else { "channels" }
         );
         print!("{}", run.table(&title));
     }
