@@ -1000,3 +1000,75 @@ fn to_json(args: &BenchArgs, results: &Results) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::report;
+
+    /// A sample of `mode` with `calls` calls in `elapsed` and `gateway_us`
+    /// of gateway CPU time in all.
+    fn sample(mode: Mode, round: u64, calls: u64, elapsed: Duration, gateway_us: u64) -> Sample {
+        let mut latency = report::histogram().unwrap();
+        for _ in 0..calls {
+            latency.record(1000).unwrap();
+        }
+        Sample {
+            mode,
+            round,
+            run: Run { concurrency: 1, latency, errors: BTreeMap::new(), warmup_calls: 0, elapsed },
+            gateway_cpu: Duration::from_micros(gateway_us),
+            worker_cpu: Duration::ZERO,
+            loadgen_cpu: Duration::ZERO,
+            broker_cpu: None,
+            machine_busy: 0.0,
+            others_busy: 0.0,
+            settled: true,
+        }
+    }
+
+    #[test]
+    fn typed_ratios_are_over_process_from_each_modes_best_round() {
+        let second = Duration::from_secs(1);
+        let cell = Cell {
+            payload: 64,
+            concurrency: 64,
+            samples: vec![
+                // Process: the best round (1,000 calls/s) costs 100 µs per call.
+                sample(Mode::Gateway, 1, 1000, second, 100_000),
+                sample(Mode::Gateway, 2, 500, second, 75_000),
+                // Typed: 960 calls/s at 104 µs per call.
+                sample(Mode::Typed, 1, 960, second, 99_840),
+                // JSON: 800 calls/s at 130 µs per call.
+                sample(Mode::TypedJson, 1, 800, second, 104_000),
+            ],
+        };
+        assert!((cell.throughput_of(Mode::Typed, Mode::Gateway).unwrap() - 0.96).abs() < 1e-9);
+        assert!((cell.throughput_of(Mode::TypedJson, Mode::Gateway).unwrap() - 0.8).abs() < 1e-9);
+        assert!((cell.gateway_cpu_over_process(Mode::Typed).unwrap() - 1.04).abs() < 1e-9);
+        assert!((cell.gateway_cpu_over_process(Mode::TypedJson).unwrap() - 1.3).abs() < 1e-9);
+        assert!((cell.json_added_cpu_us().unwrap() - 26.0).abs() < 1e-9);
+        // Unmeasured modes give no ratio, not a zero.
+        assert_eq!(cell.throughput_of(Mode::RawAmqp, Mode::Gateway), None);
+
+        let targets = targets(&[cell], None, None);
+        let verdict = |what: &str| targets.iter().find(|t| t.what == what).unwrap().verdict();
+        assert_eq!(verdict("throughput typed/Process, 64 B, concurrency 64"), "PASS");
+        assert_eq!(verdict("gateway CPU per call typed/Process, 64 B, concurrency 64"), "PASS");
+        assert_eq!(verdict("throughput typed/Process, 16 KiB, concurrency 64"), "SKIP");
+    }
+
+    #[test]
+    fn the_typed_table_shows_ratios_and_dashes_for_modes_not_run() {
+        let second = Duration::from_secs(1);
+        let cell = |samples| Cell { payload: 64, concurrency: 1, samples };
+        let mut out = String::new();
+        typed_report(
+            &mut out,
+            &[cell(vec![sample(Mode::Gateway, 1, 10, second, 1000), sample(Mode::Typed, 1, 10, second, 1100)])],
+        );
+        assert!(out.contains("| 64 B | 1 | 10 | 10 | - | 1.00 | - | 100 | 110 | - | 1.10 | - | - |"), "{out}");
+    }
+}
