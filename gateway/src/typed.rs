@@ -18,7 +18,7 @@
 //! path to the gateway's own services.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     sync::Arc,
     task::{Context, Poll},
@@ -48,6 +48,12 @@ use crate::{
 };
 
 type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Messages larger than this are transcoded on tokio's blocking pool: a
+/// large message takes milliseconds to transcode, which would hold up every
+/// other call on the same runtime thread. Smaller ones are done in place,
+/// where a thread hand-off would cost more than the work.
+const INLINE_TRANSCODE_MAX: usize = 64 * 1024;
 
 /// A served method with what its requests carry on the wire.
 #[derive(Debug)]
@@ -145,7 +151,10 @@ async fn handle(
     let (payload, content_type) = match method.encoding {
         Encoding::Protobuf => (message, wire::PROTOBUF),
         Encoding::Json => {
-            let json = transcode::request_to_json(&method.input, &message).map_err(GatewayError::InvalidArgument)?;
+            let input = method.input.clone();
+            let json = off_thread(message.len(), move || transcode::request_to_json(&input, &message))
+                .await
+                .map_err(GatewayError::InvalidArgument)?;
             (Bytes::from(json), wire::JSON)
         }
     };
@@ -159,20 +168,42 @@ async fn handle(
         method: Some(served.tag.clone()),
     };
     let reply = calls.send(request, context).await?;
-    let body =
-        response_body(method, &reply).inspect_err(|_| calls.client().stats().count(BrokerEvent::ReplyDoesNotFit))?;
-    let mut response = tonic::Response::new(body);
-    reply_metadata(&reply, response.metadata_mut());
-    Ok(response)
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    reply_metadata(&reply.headers, &mut metadata);
+    let Reply { payload, content_type, .. } = reply;
+    let body = match method.encoding {
+        Encoding::Json if payload.len() > INLINE_TRANSCODE_MAX => {
+            let method = served.method.clone();
+            let output = method.output.full_name().to_owned();
+            tokio::task::spawn_blocking(move || response_body(&method, content_type.as_deref(), payload))
+                .await
+                .unwrap_or_else(|e| Err(GatewayError::ReplyDoesNotFit { message_type: output, reason: e.to_string() }))
+        }
+        _ => response_body(method, content_type.as_deref(), payload),
+    };
+    let body = body.inspect_err(|_| calls.client().stats().count(BrokerEvent::ReplyDoesNotFit))?;
+    Ok(tonic::Response::from_parts(metadata, body, tonic::Extensions::default()))
+}
+
+/// Runs `work` on `len` bytes in place, or on the blocking pool when the
+/// message is large (see [`INLINE_TRANSCODE_MAX`]).
+async fn off_thread<T: Send + 'static>(
+    len: usize,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    if len <= INLINE_TRANSCODE_MAX {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(format!("transcoding failed: {e}")))
 }
 
 /// The response message of a successful reply: its bytes as they are, or
 /// its JSON transcoded. A reply whose content type says it is in the other
 /// encoding does not fit.
-fn response_body(method: &Method, reply: &Reply) -> Result<Bytes, GatewayError> {
+fn response_body(method: &Method, content_type: Option<&str>, payload: Vec<u8>) -> Result<Bytes, GatewayError> {
     let does_not_fit =
         |reason: String| GatewayError::ReplyDoesNotFit { message_type: method.output.full_name().to_owned(), reason };
-    let content_type = reply.content_type.as_deref().map(essence);
+    let content_type = content_type.map(essence);
     match method.encoding {
         Encoding::Protobuf if content_type == Some(wire::JSON) => Err(does_not_fit(format!(
             "the worker replied {}, but {} is served as protobuf (serve it with --transcode-json, or reply {})",
@@ -180,15 +211,13 @@ fn response_body(method: &Method, reply: &Reply) -> Result<Bytes, GatewayError> 
             method.name,
             wire::PROTOBUF
         ))),
-        Encoding::Protobuf => Ok(Bytes::from(reply.payload.clone())),
+        Encoding::Protobuf => Ok(Bytes::from(payload)),
         Encoding::Json if content_type == Some(wire::PROTOBUF) => Err(does_not_fit(format!(
             "the worker replied {}, but {} is transcoded to JSON (--transcode-json)",
             wire::PROTOBUF,
             method.name
         ))),
-        Encoding::Json => {
-            transcode::reply_from_json(&method.output, &reply.payload).map(Bytes::from).map_err(does_not_fit)
-        }
+        Encoding::Json => transcode::reply_from_json(&method.output, &payload).map(Bytes::from).map_err(does_not_fit),
     }
 }
 
@@ -201,10 +230,10 @@ fn essence(content_type: &str) -> &str {
 /// `ProcessResponse.headers` carries for `Process`. Only names and values
 /// that are valid ASCII metadata pass, and none that gRPC or HTTP/2 reserve
 /// (`grpc-*`, binary `-bin` names, connection headers).
-fn reply_metadata(reply: &Reply, metadata: &mut tonic::metadata::MetadataMap) {
+fn reply_metadata(headers: &BTreeMap<String, String>, metadata: &mut tonic::metadata::MetadataMap) {
     const RESERVED: [&str; 8] =
         ["content-type", "te", "user-agent", "connection", "keep-alive", "transfer-encoding", "upgrade", "host"];
-    for (name, value) in &reply.headers {
+    for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
         if lower.starts_with("grpc-") || lower.ends_with("-bin") || RESERVED.contains(&lower.as_str()) {
             continue;
@@ -301,8 +330,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use tonic::Code;
 
     use super::*;
@@ -339,22 +366,16 @@ mod tests {
         }
     }
 
-    fn reply(content_type: Option<&str>, payload: &[u8]) -> Reply {
-        Reply {
-            code: Code::Ok,
-            message: String::new(),
-            payload: payload.to_vec(),
-            content_type: content_type.map(Into::into),
-            headers: BTreeMap::from([
-                ("tenant".to_owned(), "acme".to_owned()),
-                ("Region".to_owned(), "eu".to_owned()),
-                ("grpc-status".to_owned(), "0".to_owned()),
-                ("trace-bin".to_owned(), "x".to_owned()),
-                ("content-type".to_owned(), "text/html".to_owned()),
-                ("bad name".to_owned(), "x".to_owned()),
-                ("multi".to_owned(), "line\nbreak".to_owned()),
-            ]),
-        }
+    fn headers() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("tenant".to_owned(), "acme".to_owned()),
+            ("Region".to_owned(), "eu".to_owned()),
+            ("grpc-status".to_owned(), "0".to_owned()),
+            ("trace-bin".to_owned(), "x".to_owned()),
+            ("content-type".to_owned(), "text/html".to_owned()),
+            ("bad name".to_owned(), "x".to_owned()),
+            ("multi".to_owned(), "line\nbreak".to_owned()),
+        ])
     }
 
     fn not_fitting(result: Result<Bytes, GatewayError>) -> String {
@@ -371,27 +392,27 @@ mod tests {
     fn passthrough_returns_the_bytes_unless_they_are_json() {
         let protobuf = method(Encoding::Protobuf);
         for content_type in [None, Some(wire::PROTOBUF), Some("application/octet-stream")] {
-            assert_eq!(&response_body(&protobuf, &reply(content_type, b"\x0a\x01x")).unwrap()[..], b"\x0a\x01x");
+            assert_eq!(&response_body(&protobuf, content_type, b"\x0a\x01x".to_vec()).unwrap()[..], b"\x0a\x01x");
         }
-        let error = not_fitting(response_body(&protobuf, &reply(Some("application/json; charset=utf-8"), b"{}")));
+        let error = not_fitting(response_body(&protobuf, Some("application/json; charset=utf-8"), b"{}".to_vec()));
         assert!(error.contains("--transcode-json") && error.contains("t.v1.Item"), "{error}");
     }
 
     #[test]
     fn transcoded_replies_are_parsed_into_the_response_type() {
         let json = method(Encoding::Json);
-        assert_eq!(&response_body(&json, &reply(None, br#"{"id":"x"}"#)).unwrap()[..], b"\x0a\x01x");
-        assert_eq!(&response_body(&json, &reply(Some(wire::JSON), br#"{"id":"x"}"#)).unwrap()[..], b"\x0a\x01x");
-        let error = not_fitting(response_body(&json, &reply(None, br#"{"id":"x","extra":1}"#)));
+        assert_eq!(&response_body(&json, None, br#"{"id":"x"}"#.to_vec()).unwrap()[..], b"\x0a\x01x");
+        assert_eq!(&response_body(&json, Some(wire::JSON), br#"{"id":"x"}"#.to_vec()).unwrap()[..], b"\x0a\x01x");
+        let error = not_fitting(response_body(&json, None, br#"{"id":"x","extra":1}"#.to_vec()));
         assert!(error.starts_with("the worker's reply does not fit t.v1.Item: ") && error.contains("extra"), "{error}");
-        let error = not_fitting(response_body(&json, &reply(Some(wire::PROTOBUF), b"\x0a\x01x")));
+        let error = not_fitting(response_body(&json, Some(wire::PROTOBUF), b"\x0a\x01x".to_vec()));
         assert!(error.contains("transcoded to JSON"), "{error}");
     }
 
     #[test]
     fn reply_headers_become_metadata_where_grpc_allows() {
         let mut metadata = tonic::metadata::MetadataMap::new();
-        reply_metadata(&reply(None, b""), &mut metadata);
+        reply_metadata(&headers(), &mut metadata);
         let mut names: Vec<_> = metadata.keys().map(|k| format!("{k:?}")).collect();
         names.sort();
         assert_eq!(names, ["Ascii(\"region\")", "Ascii(\"tenant\")"]);

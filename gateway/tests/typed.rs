@@ -281,6 +281,18 @@ async fn json_transcoding_sends_canonical_json_and_parses_the_reply() {
         status.message()
     );
     assert_eq!(gateway.running().client().stats().replies_not_fitting.load(Ordering::Relaxed), 1);
+
+    // Large messages are transcoded off the runtime's threads, with the
+    // same result.
+    let large = PlaceOrderRequest { customer: "c".repeat(200_000), lines: vec![] };
+    let caller = tokio::spawn(async move { call::<_, Order>(addr, PLACE_ORDER, tonic::Request::new(large)).await });
+    let delivery = worker.next().await;
+    let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+    assert_eq!(body["customer"].as_str().map(str::len), Some(200_000));
+    let reply = serde_json::to_vec(&json!({"orderId": "o".repeat(100_000), "totalCents": "1"})).unwrap();
+    worker.reply(&delivery, &reply, BasicProperties::default()).await;
+    let response = caller.await.unwrap().unwrap().into_inner();
+    assert_eq!((response.order_id.len(), response.total_cents), (100_000, 1));
     assert_eq!(gateway.running().client().pending(), 0);
 }
 
