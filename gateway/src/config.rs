@@ -509,6 +509,15 @@ mod tests {
     }
 
     #[test]
+    fn routes_or_typed_methods_are_needed() {
+        let err = Args::try_parse_from(["gateway"]).unwrap().into_config().unwrap_err();
+        assert!(matches!(err, ConfigError::NoRoutes), "{err:?}");
+        assert!(err.to_string().contains("--service"), "the message names both ways: {err}");
+        let err = Args::try_parse_from(["gateway", "--service", "shop.v1.Shop"]).unwrap().into_config().unwrap_err();
+        assert!(matches!(err, ConfigError::Api(crate::api::ApiError::NoDescriptorSets)), "{err:?}");
+    }
+
+    #[test]
     fn tokens_from_flag_and_file() {
         let dir = std::env::temp_dir().join(format!("gateway-tokens-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

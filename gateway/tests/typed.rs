@@ -399,6 +399,38 @@ async fn grpcurl_lists_describes_and_calls_the_users_services() {
 }
 
 #[tokio::test]
+async fn the_binary_is_configured_from_the_environment_and_counts_calls_per_method_route() {
+    let api = Api::new();
+    let url = testkit::amqp_url();
+    let worker =
+        Process::spawn("worker", &["--durable", "false"], &[("AMQP_URL", &url), ("WORKER_ROUTE", &api.get_route)]);
+    testkit::load::logged(&worker, "consuming").await;
+    let (addr, metrics) = (testkit::free_addr(), testkit::free_addr());
+    let (addr_text, metrics_text) = (addr.to_string(), metrics.to_string());
+    let methods = api.routes.join(",");
+    let env = [
+        ("AMQP_URL", url.as_str()),
+        ("GATEWAY_LISTEN", addr_text.as_str()),
+        ("GATEWAY_METRICS_LISTEN", metrics_text.as_str()),
+        ("GATEWAY_DESCRIPTOR_SET", descriptor_set().to_str().unwrap()),
+        ("GATEWAY_SERVICE", "shop.v1.Shop"),
+        ("GATEWAY_METHOD_ROUTE", methods.as_str()),
+        ("GATEWAY_TRANSCODE_JSON", "shop.v1.Shop/PlaceOrder"),
+    ];
+    let gateway = Process::spawn("gateway", &[], &env);
+    testkit::load::logged(&gateway, "connected to the broker").await;
+    let log = gateway.log();
+    assert!(log.contains("serving typed method") && log.contains(&api.get_route), "{log}");
+    assert!(log.contains("encoding=Json") && log.contains("encoding=Protobuf"), "{log}");
+
+    let (ok, out) = grpcurl(addr, &["-d", r#"{"sku": "tea"}"#], &["shop.v1.Shop/GetItem"]).await;
+    assert!(ok && out.contains("\"tea\""), "{out}");
+    let scraped = testkit::scrape::metrics(metrics).await;
+    let series = format!("gateway_calls_total{{route=\"{}\",code=\"OK\"}}", api.get_route);
+    assert_eq!(testkit::scrape::sample(&scraped, &series), Some(1.0), "{series} in:\n{scraped}");
+}
+
+#[tokio::test]
 async fn bad_configurations_fail_at_start_up_naming_the_problem() {
     let set = descriptor_set().to_str().unwrap();
     let missing = std::env::temp_dir().join(testkit::unique("missing")).join("api.binpb");
