@@ -28,7 +28,7 @@ const durable = process.env.QUEUE_DURABLE !== 'false';
 const INVALID_ARGUMENT = 3;
 const INTERNAL = 13;
 
-/** A request the caller must fix: replied INVALID_ARGUMENT with its message. */
+/** A request the caller must fix: answered INVALID_ARGUMENT with its message. */
 class Invalid extends Error {}
 
 /**
@@ -62,9 +62,12 @@ async function main() {
     try {
       body = Buffer.from(JSON.stringify(create(JSON.parse(msg.content))));
     } catch (err) {
-      if (!(err instanceof Invalid)) console.error(`orders.js: ${err.stack}`);
-      const code = err instanceof Invalid ? INVALID_ARGUMENT : INTERNAL;
-      headers = { 'x-status-code': code, 'x-status-message': err instanceof Invalid ? err.message : 'failed' };
+      // SyntaxError: not JSON, or a totalCents that is not an integer.
+      const invalid = err instanceof Invalid || err instanceof SyntaxError;
+      if (!invalid) console.error(`orders.js: ${err.stack}`);
+      headers = invalid
+        ? { 'x-status-code': INVALID_ARGUMENT, 'x-status-message': err.message }
+        : { 'x-status-code': INTERNAL, 'x-status-message': 'the order could not be placed' };
     }
     channel.sendToQueue(msg.properties.replyTo, body, {
       correlationId: msg.properties.correlationId,
