@@ -206,10 +206,9 @@ impl fmt::Display for Called<'_> {
 }
 
 /// Several methods served from one queue: each request goes to the handler
-/// of the method its `x-grpc-method` header names. The gateway sends several
-/// methods to one queue when they are mapped to one route
-/// (`--method-route orders.v1.Orders/Quote=orders --method-route
-/// orders.v1.Orders/Create=orders`).
+/// of the method its `x-grpc-method` header names. Each method has a route of
+/// its own; several reach one queue when the gateway publishes to an
+/// exchange (`--exchange`) where the queue is bound to each of their routes.
 ///
 /// A request for a method not served here, or naming no method (a `Process`
 /// request), is answered `UNIMPLEMENTED`.
