@@ -148,7 +148,7 @@ node_tools() {
 node_tools
 
 # ---------------------------------------------------------------------------
-step "proto/: buf lint, format, breaking changes"
+step "proto/ and examples/orders: buf lint, format, breaking changes"
 "$BUF" lint
 "$BUF" format --diff --exit-code
 # gateway.v1 is public API: compare it with the version that first landed.
@@ -157,6 +157,10 @@ first=$(git log --diff-filter=A --format=%H -- proto/gateway/v1/gateway.proto 2>
 [[ -n "$first" ]] || die "cannot find the first commit of proto/gateway/v1/gateway.proto: run in a full git clone"
 "$BUF" breaking --against ".git#ref=$first,subdir=proto"
 echo "proto/ is lint-clean, formatted, and compatible with gateway.v1 as first landed ($first)"
+# The orders example's API has its own buf.yaml (the root one covers proto/ only).
+"$BUF" lint examples/orders
+"$BUF" format --diff --exit-code examples/orders
+echo "examples/orders is lint-clean and formatted"
 
 # ---------------------------------------------------------------------------
 step "broker"

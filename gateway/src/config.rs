@@ -14,7 +14,10 @@ use amqp_gateway::{
     wire::SHORT_STRING_MAX,
 };
 
-use crate::auth::Tokens;
+use crate::{
+    api::{ApiArgs, Apis},
+    auth::Tokens,
+};
 use clap::Parser;
 
 /// Command-line flags of the `gateway` binary.
@@ -52,9 +55,38 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_EXCHANGE", default_value = "")]
     pub exchange: String,
 
-    /// Allow-listed routes (routing keys), comma-separated.
+    /// Allow-listed routes (routing keys) of `gateway.v1.Gateway/Process`,
+    /// comma-separated. May be empty when `--service` serves typed methods.
     #[arg(long, env = "GATEWAY_ROUTES", value_delimiter = ',')]
     pub routes: Vec<String>,
+
+    /// A FileDescriptorSet describing services to serve with `--service`
+    /// (`buf build -o FILE`, or `protoc --include_imports
+    /// --include_source_info --descriptor_set_out=FILE`). Repeatable.
+    #[arg(long = "descriptor-set", env = "GATEWAY_DESCRIPTOR_SET", value_delimiter = ',', value_name = "FILE")]
+    pub descriptor_sets: Vec<std::path::PathBuf>,
+
+    /// A service of the descriptor sets to serve, by full name (e.g.
+    /// `orders.v1.Orders`): each of its unary methods becomes a typed gRPC
+    /// method published to its own route. Repeatable.
+    #[arg(long = "service", env = "GATEWAY_SERVICE", value_delimiter = ',', value_name = "NAME")]
+    pub services: Vec<String>,
+
+    /// The route of one method, `package.Service/Method=route` (default:
+    /// the method's full name, `package.Service.Method`). Repeatable.
+    #[arg(long = "method-route", env = "GATEWAY_METHOD_ROUTE", value_delimiter = ',', value_name = "METHOD=ROUTE")]
+    pub method_routes: Vec<String>,
+
+    /// File of method routes, one `package.Service/Method = route` per line
+    /// (`#` comments).
+    #[arg(long, env = "GATEWAY_METHOD_ROUTES_FILE", value_name = "FILE")]
+    pub method_routes_file: Option<std::path::PathBuf>,
+
+    /// A service (`package.Service`) or method (`package.Service/Method`)
+    /// whose messages the worker receives and answers as proto3 JSON
+    /// (`application/json`) instead of protobuf bytes. Repeatable.
+    #[arg(long = "transcode-json", env = "GATEWAY_TRANSCODE_JSON", value_delimiter = ',', value_name = "NAME")]
+    pub transcode_json: Vec<String>,
 
     /// Route used when a request leaves `route` empty; must be allow-listed.
     #[arg(long, env = "GATEWAY_DEFAULT_ROUTE")]
@@ -170,6 +202,9 @@ pub enum ConfigError {
     /// characters outside `A-Z a-z 0-9 . _ : -`.
     #[error("invalid route {0:?}: a route is 1 to {SHORT_STRING_MAX} of A-Z a-z 0-9 . _ : -")]
     Route(String),
+    /// A user API (`--descriptor-set`, `--service`, ...) was refused.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
     /// The tokens file could not be read.
     #[error("cannot read the tokens file {path}")]
     TokensFile {
@@ -184,8 +219,8 @@ pub enum ConfigError {
     /// The TLS certificates or key could not be used.
     #[error("cannot use the TLS certificates or key")]
     Tls(#[from] crate::tls::TlsError),
-    /// No route is allow-listed.
-    #[error("no routes configured: set --routes / GATEWAY_ROUTES")]
+    /// No route is allow-listed and no typed method is served.
+    #[error("no routes configured: set --routes / GATEWAY_ROUTES, or serve typed methods with --service")]
     NoRoutes,
     /// The default route is not on the allow-list.
     #[error("default route {0:?} is not in the allow-list")]
@@ -204,7 +239,7 @@ pub enum ConfigError {
 }
 
 /// Route names: what a routing key and a Prometheus label carry safely.
-fn valid_route(route: &str) -> bool {
+pub(crate) fn valid_route(route: &str) -> bool {
     (1..=SHORT_STRING_MAX).contains(&route.len())
         && route.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
 }
@@ -224,6 +259,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// TLS for the gRPC port (None: plaintext h2c).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The users' services served as typed methods (empty: none).
+    pub apis: Arc<Apis>,
     /// Caller tokens (empty: authentication off).
     pub tokens: Tokens,
     /// Health and reflection need no token.
@@ -288,11 +325,19 @@ impl Args {
         let broker = self.broker.into_broker()?;
         let routes: BTreeSet<String> =
             self.routes.into_iter().map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect();
-        if routes.is_empty() {
-            return Err(ConfigError::NoRoutes);
-        }
         if let Some(bad) = routes.iter().find(|r| !valid_route(r)) {
             return Err(ConfigError::Route(bad.clone()));
+        }
+        let apis = ApiArgs {
+            descriptor_sets: self.descriptor_sets,
+            services: self.services,
+            method_routes: self.method_routes,
+            method_routes_file: self.method_routes_file,
+            transcode_json: self.transcode_json,
+        }
+        .load(&routes)?;
+        if routes.is_empty() && apis.is_empty() {
+            return Err(ConfigError::NoRoutes);
         }
         let mut token_text = self.tokens.unwrap_or_default();
         if let Some(path) = &self.tokens_file {
@@ -358,6 +403,7 @@ impl Args {
                 keepalive_timeout: self.keepalive_timeout,
             },
             tls,
+            apis: Arc::new(apis),
             tokens,
             open_probes: !self.auth_probes,
             shutdown_grace: self.shutdown_grace,
@@ -460,6 +506,15 @@ mod tests {
         let err = Args::try_parse_from(["gateway", "--routes", "ok,not ok"]).unwrap().into_config().unwrap_err();
         assert!(matches!(&err, ConfigError::Route(r) if r == "not ok"), "{err:?}");
         assert!(Args::try_parse_from(["gateway", "--routes", "a.b-c_d:e"]).unwrap().into_config().is_ok());
+    }
+
+    #[test]
+    fn routes_or_typed_methods_are_needed() {
+        let err = Args::try_parse_from(["gateway"]).unwrap().into_config().unwrap_err();
+        assert!(matches!(err, ConfigError::NoRoutes), "{err:?}");
+        assert!(err.to_string().contains("--service"), "the message names both ways: {err}");
+        let err = Args::try_parse_from(["gateway", "--service", "shop.v1.Shop"]).unwrap().into_config().unwrap_err();
+        assert!(matches!(err, ConfigError::Api(crate::api::ApiError::NoDescriptorSets)), "{err:?}");
     }
 
     #[test]

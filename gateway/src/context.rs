@@ -106,7 +106,7 @@ impl<S: NamedService> NamedService for RequestContextService<S> {
 
 impl<S, B> Service<Request<B>> for RequestContextService<S>
 where
-    S: Service<Request<B>, Response = http::Response<Body>, Error = Infallible> + NamedService,
+    S: Service<Request<B>, Response = http::Response<Body>, Error = Infallible>,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -121,7 +121,7 @@ where
         let deadline = self.policy.deadline(request.headers(), started);
         let context = RequestContext::new(deadline, Uuid::new_v4());
         let correlation_id = context.correlation_id;
-        let span = server_span(S::NAME, &request, correlation_id);
+        let span = server_span(&request, correlation_id);
         let outcome =
             Outcome { span, metrics: self.metrics.clone(), route: context.route.clone(), started, recorded: false };
         request.extensions_mut().insert(context);
@@ -132,9 +132,10 @@ where
 
 /// The RPC's server span, continuing the caller's trace when the request
 /// carries `traceparent`, named and attributed per the OpenTelemetry RPC
-/// conventions.
-fn server_span<B>(service: &str, request: &Request<B>, correlation_id: Uuid) -> tracing::Span {
-    let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+/// conventions. Service and method come from the path, `/service/method`.
+fn server_span<B>(request: &Request<B>, correlation_id: Uuid) -> tracing::Span {
+    let path = request.uri().path().strip_prefix('/').unwrap_or_default();
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         target: otel::CALL_SPANS,
         "rpc",

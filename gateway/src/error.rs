@@ -14,7 +14,7 @@ use tonic::{Code, Status, body::Body};
 
 use crate::amqp::RoundTripError;
 
-/// Why a `Process` call did not return a worker's successful reply.
+/// Why a call did not return a worker's successful reply.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// No valid bearer token (missing header, bad scheme, unknown token: the
@@ -69,6 +69,16 @@ pub enum GatewayError {
     /// The broker round trip failed.
     #[error(transparent)]
     RoundTrip(#[from] RoundTripError),
+    /// The worker's successful reply does not fit the method's response
+    /// type: JSON that does not parse into it, or a JSON reply to a method
+    /// served as protobuf.
+    #[error("the worker's reply does not fit {message_type}: {reason}")]
+    ReplyDoesNotFit {
+        /// The response message's full name.
+        message_type: String,
+        /// What did not fit.
+        reason: String,
+    },
     /// The worker replied with an error status.
     #[error("worker replied {code:?}: {message}")]
     Worker {
@@ -91,7 +101,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } | Self::RequestTooLarge { .. } => Code::ResourceExhausted,
             Self::RoundTrip(RoundTripError::ReplyTooLarge { .. }) => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
-            Self::RoundTrip(RoundTripError::ReplyRejected(_)) => Code::Internal,
+            Self::RoundTrip(RoundTripError::ReplyRejected(_)) | Self::ReplyDoesNotFit { .. } => Code::Internal,
             Self::ShuttingDown | Self::RoundTrip(_) => Code::Unavailable,
             Self::Worker { code, .. } => *code,
         }

@@ -1,6 +1,7 @@
 //! The gRPC health service: SERVING while a broker session is up and
 //! NOT_SERVING otherwise (and from the start of shutdown on), for the whole
-//! server (`""`) and for `gateway.v1.Gateway`. Every health response names
+//! server (`""`), for `gateway.v1.Gateway` and for every user service
+//! served with `--service`. Every health response names
 //! the broker node the gateway is connected to in its `x-amqp-node` metadata
 //! (`host:port`, no credentials), so a probe or `grpcurl -v` shows which node
 //! of a cluster a gateway uses.
@@ -22,9 +23,15 @@ use tower::Service;
 /// Response metadata naming the broker node the gateway is connected to.
 pub const NODE_HEADER: &str = "x-amqp-node";
 
-/// The health service, reporting `node`: see the module docs.
+/// The health service's own name.
+pub(crate) const SERVICE: &str = "grpc.health.v1.Health";
+
+/// The health service, reporting `node` for the whole server, for
+/// `gateway.v1.Gateway` and for every user service in `services`: see the
+/// module docs.
 pub(crate) fn service(
     node: watch::Receiver<Option<String>>,
+    services: &[String],
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> impl Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible, Future: Send + 'static>
@@ -34,18 +41,24 @@ pub(crate) fn service(
 + Sync
 + 'static {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let report = report(node.clone(), reporter, shutdown);
+    let services = ["", SERVICE_NAME].into_iter().map(str::to_owned).chain(services.iter().cloned()).collect();
+    let report = report(node.clone(), services, reporter, shutdown);
     tracker.spawn(tracing::Instrument::instrument(report, tracing::info_span!("health")));
     WithBrokerNode { inner: health, node }
 }
 
 /// Reports SERVING while the broker session is up and NOT_SERVING otherwise,
 /// and NOT_SERVING from the start of shutdown on.
-async fn report(mut node: watch::Receiver<Option<String>>, health: HealthReporter, shutdown: CancellationToken) {
+async fn report(
+    mut node: watch::Receiver<Option<String>>,
+    services: Vec<String>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+) {
     loop {
         let status =
             if node.borrow_and_update().is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
-        for service in ["", SERVICE_NAME] {
+        for service in &services {
             health.set_service_status(service, status).await;
         }
         tokio::select! {
@@ -53,7 +66,7 @@ async fn report(mut node: watch::Receiver<Option<String>>, health: HealthReporte
             () = shutdown.cancelled() => break,
         }
     }
-    for service in ["", SERVICE_NAME] {
+    for service in &services {
         health.set_service_status(service, ServingStatus::NotServing).await;
     }
 }

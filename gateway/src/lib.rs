@@ -15,7 +15,12 @@
 //! - [`auth`]: bearer tokens, checked on every request before any AMQP
 //!   work.
 //! - [`service`]: `Process` itself, where a request enters, is validated
-//!   ([`validate`]) and its outcome is decided.
+//!   ([`validate`]) and its outcome is decided; and `Calls`, the round trip
+//!   every call makes.
+//! - [`typed`]: the users' own methods (`--service`), each a round trip to
+//!   its route: protobuf bytes passed through, or JSON (`transcode`); and
+//!   the dispatch that sends their paths there. [`api`] loads their
+//!   descriptor sets and checks the configuration at start-up.
 //! - [`amqp`]: where it is published and where its reply is matched (the
 //!   session, its channels, the pending table, reconnection).
 //! - [`error`]: every failure, and the one mapping to a gRPC status; the
@@ -27,6 +32,7 @@
 //! The wire formats both sides share live in the `amqp-gateway` crate.
 
 pub mod amqp;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod context;
@@ -39,7 +45,9 @@ pub mod server;
 pub mod service;
 pub mod size;
 pub mod tls;
+mod transcode;
 mod transport;
+pub mod typed;
 pub mod validate;
 
 pub use config::{Args, Config};

@@ -30,6 +30,18 @@ async fn main() -> anyhow::Result<()> {
         default_route = ?config.limits.default_route,
         "gateway starting"
     );
+    let mut methods: Vec<_> = config.apis.methods.values().collect();
+    methods.sort_by(|a, b| a.name.cmp(&b.name));
+    for method in methods {
+        tracing::info!(method = %method.name, route = %method.route, encoding = ?method.encoding, "serving typed method");
+    }
+    for service in &config.apis.uncommented {
+        tracing::warn!(
+            %service,
+            "its descriptor set has no source info: grpcurl describe will show no comments (build the set with \
+             buf build, or protoc --include_source_info)"
+        );
+    }
 
     let shutdown = CancellationToken::new();
     let running = gateway::spawn(config, listener, shutdown.clone())?;

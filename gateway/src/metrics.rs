@@ -11,7 +11,7 @@
 //! add, with no label formatting or registry lookup.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -49,6 +49,9 @@ pub struct Stats {
     /// Replies over the reply limit, dropped (their call, if still waiting,
     /// failed with RESOURCE_EXHAUSTED).
     pub replies_too_large: AtomicU64,
+    /// Successful replies of typed methods that did not fit the response
+    /// type (each failed its call with INTERNAL).
+    pub replies_not_fitting: AtomicU64,
     metrics: StatsMetrics,
 }
 
@@ -62,6 +65,7 @@ struct StatsMetrics {
     channel_recoveries: Counter,
     rejected_headers: Counter,
     replies_too_large: Counter,
+    replies_not_fitting: Counter,
 }
 
 impl Default for Stats {
@@ -76,6 +80,7 @@ impl Default for Stats {
             channel_recoveries: AtomicU64::new(0),
             rejected_headers: AtomicU64::new(0),
             replies_too_large: AtomicU64::new(0),
+            replies_not_fitting: AtomicU64::new(0),
             metrics: StatsMetrics {
                 unknown_replies: metrics::counter!("gateway_replies_dropped_total"),
                 unroutable: metrics::counter!("gateway_unroutable_total"),
@@ -84,6 +89,7 @@ impl Default for Stats {
                 channel_recoveries: metrics::counter!("gateway_channel_recoveries_total"),
                 rejected_headers: rejected("headers"),
                 replies_too_large: rejected("too_large"),
+                replies_not_fitting: rejected("does_not_fit"),
             },
         }
     }
@@ -109,6 +115,7 @@ pub(crate) enum BrokerEvent {
     ChannelRecovered,
     RejectedHeaders,
     ReplyTooLarge,
+    ReplyDoesNotFit,
 }
 
 impl Stats {
@@ -122,6 +129,7 @@ impl Stats {
             BrokerEvent::ChannelRecovered => (&self.channel_recoveries, &self.metrics.channel_recoveries),
             BrokerEvent::RejectedHeaders => (&self.rejected_headers, &self.metrics.rejected_headers),
             BrokerEvent::ReplyTooLarge => (&self.replies_too_large, &self.metrics.replies_too_large),
+            BrokerEvent::ReplyDoesNotFit => (&self.replies_not_fitting, &self.metrics.replies_not_fitting),
         };
         atomic.fetch_add(1, Ordering::Relaxed);
         counter.increment(1);
@@ -206,7 +214,8 @@ impl Default for Rejections {
     }
 }
 
-/// Per-route counters of finished `Process` calls, and their latency.
+/// Per-route counters of finished calls (`Process` and typed methods), and
+/// their latency.
 #[derive(Debug)]
 pub struct ProcessMetrics {
     routes: HashMap<String, RouteMetrics>,
@@ -233,11 +242,11 @@ impl RouteMetrics {
 }
 
 impl ProcessMetrics {
-    /// Handles for every allowed route.
-    pub fn new(routes: &BTreeSet<String>) -> Self {
+    /// Handles for every allowed route: `Process` routes and typed methods'.
+    pub fn new<'a>(routes: impl IntoIterator<Item = &'a str>) -> Self {
         describe();
         Self {
-            routes: routes.iter().map(|r| (r.clone(), RouteMetrics::new(r))).collect(),
+            routes: routes.into_iter().map(|r| (r.to_owned(), RouteMetrics::new(r))).collect(),
             invalid: RouteMetrics::new(INVALID_ROUTE),
         }
     }
@@ -255,9 +264,12 @@ impl ProcessMetrics {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("gateway_calls_total", "Finished Process calls, by route and gRPC status code");
-    describe_histogram!("gateway_call_duration_seconds", Unit::Seconds, "Process call latency, by route");
-    describe_gauge!("gateway_calls_in_flight", "Process calls running now");
+    describe_counter!(
+        "gateway_calls_total",
+        "Finished calls (Process and typed methods), by route and gRPC status code"
+    );
+    describe_histogram!("gateway_call_duration_seconds", Unit::Seconds, "Call latency, by route");
+    describe_gauge!("gateway_calls_in_flight", "Calls (Process and typed methods) running now");
     describe_counter!("gateway_calls_shed_total", "Calls refused at the in-flight limit");
     describe_gauge!("gateway_pending_calls", "Calls published and waiting for their reply");
     describe_counter!("gateway_rejected_requests_total", "Requests refused before any AMQP work, by reason");

@@ -1,5 +1,6 @@
-//! Server assembly: the `Gateway` service behind its layers, health and
-//! reflection on the same port, served (by [`transport`]) until shutdown, with
+//! Server assembly: the `Gateway` service and the users' typed methods
+//! ([`crate::typed`]) behind the same layers, health and reflection on the
+//! same port, served (by [`transport`]) until shutdown, with
 //! a drain period.
 //!
 //! [`spawn`] takes an already bound listener and a shutdown token, so tests
@@ -7,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use amqp_gateway::{FILE_DESCRIPTOR_SET, pb::gateway_server::GatewayServer};
+use amqp_gateway::{FILE_DESCRIPTOR_SET, SERVICE_NAME, pb::gateway_server::GatewayServer};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::service::Routes;
@@ -23,9 +24,10 @@ use crate::{
     health,
     limit::InFlightLimitLayer,
     metrics::ProcessMetrics,
-    service::GatewayService,
+    service::{Calls, GatewayService},
     size::{self, RequestSizeLayer},
     transport::{self, Settings},
+    typed::{Dispatch, TypedMethods},
 };
 
 /// How long the AMQP connection may take to close after the drain.
@@ -79,40 +81,52 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let amqp_shutdown = CancellationToken::new();
     let client = AmqpClient::start(config.amqp.clone(), amqp_shutdown.clone(), &tracker);
 
-    let health_service = health::service(client.node(), shutdown.clone(), &tracker);
+    let apis = &config.apis;
+    let health_service = health::service(client.node(), &apis.services, shutdown.clone(), &tracker);
 
-    // v1 and v1alpha both, so grpcurl and other tools of any age work.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
+    // v1 and v1alpha both, so grpcurl and other tools of any age work. The
+    // users' descriptor sets are served byte for byte (comments and custom
+    // options included); services are listed by name, so that services of
+    // those files the gateway does not serve are not offered.
+    let reflection = |own: &str| {
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let builder = apis.encoded_sets.iter().fold(builder, |b, set| b.register_encoded_file_descriptor_set(set));
+        [SERVICE_NAME, health::SERVICE, own]
+            .into_iter()
+            .chain(apis.services.iter().map(String::as_str))
+            .fold(builder, |b, name| b.with_service_name(name))
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = reflection("grpc.reflection.v1.ServerReflection").build_v1()?;
+    let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
 
     let abort = CancellationToken::new();
     let in_flight = InFlightLimitLayer::new(config.max_in_flight);
-    let service = GatewayService::new(client.clone(), config.limits.clone(), abort.clone());
+    let calls = Calls::new(client.clone(), config.limits.clone(), abort.clone());
     let policy =
         DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
-    let metrics = Arc::new(ProcessMetrics::new(&config.limits.routes));
+    let routes = config.limits.routes.iter().map(String::as_str).chain(apis.routes().map(|(route, _)| route));
+    let context = RequestContextLayer::new(policy, Arc::new(ProcessMetrics::new(routes)));
     // Shedding first: an overloaded gateway refuses a call before spending
     // anything on it. The size layer answers an oversized request from its
     // length prefix; tonic's decode limit, set to the same number, stays
-    // behind it.
+    // behind it. `Process` and the typed methods share the layers' state: one
+    // in-flight limit, one set of metrics.
     let max_payload = config.limits.max_payload_bytes;
-    let gateway = in_flight.layer(
-        RequestContextLayer::new(policy, metrics).layer(
-            RequestSizeLayer::new(max_payload)
-                .layer(GatewayServer::new(service).max_decoding_message_size(size::message_limit(max_payload))),
-        ),
-    );
+    let size = RequestSizeLayer::new(max_payload);
+    let message_limit = size::message_limit(max_payload);
+    let gateway = in_flight.layer(context.layer(
+        size.layer(GatewayServer::new(GatewayService::new(calls.clone())).max_decoding_message_size(message_limit)),
+    ));
+    let typed = in_flight.layer(context.layer(size.layer(TypedMethods::new(calls, apis, message_limit))));
 
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gateway)
         .prepare();
+    let routes = Dispatch::new(apis, typed, routes);
     // Authentication first: nothing else runs for a caller without a token.
     let routes = AuthLayer::new(config.tokens.clone(), config.open_probes).layer(routes);
     let settings = Settings { limits: config.connections.clone(), tls: config.tls.clone() };

@@ -1,5 +1,6 @@
 //! `gateway.v1.Gateway/Process`: where a request enters and where its outcome
-//! is decided.
+//! is decided; and [`Calls`], the round trip every call makes, `Process` and
+//! the typed methods of [`crate::typed`] alike.
 //!
 //! The handler validates the request, publishes it through the
 //! [`AmqpClient`] and waits for the reply. The
@@ -28,21 +29,99 @@ use crate::{
     validate,
 };
 
-/// The `Gateway` service.
+/// What every call needs to reach a worker, `Process` and typed methods
+/// alike: the broker client, the request rules and the end of the shutdown
+/// grace period. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct GatewayService {
+pub struct Calls {
     client: AmqpClient,
     limits: Arc<Limits>,
     rejections: Rejections,
     abort: CancellationToken,
 }
 
-impl GatewayService {
-    /// A service publishing through `client` under `limits`. Cancelling
-    /// `abort` answers every call still waiting with UNAVAILABLE (the end of
-    /// the shutdown grace period).
+impl Calls {
+    /// Calls published through `client` under `limits`. Cancelling `abort`
+    /// answers every call still waiting with UNAVAILABLE (the end of the
+    /// shutdown grace period).
     pub fn new(client: AmqpClient, limits: Limits, abort: CancellationToken) -> Self {
         Self { client, limits: Arc::new(limits), rejections: Rejections::new(), abort }
+    }
+
+    /// The request rules.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The broker client.
+    pub(crate) fn client(&self) -> &AmqpClient {
+        &self.client
+    }
+
+    /// Admits a call to `route`: recorded as the call's route, and refused
+    /// unless the caller's token allows it.
+    pub(crate) fn admit(&self, route: &str, context: &RequestContext, caller: &Caller) -> Result<(), GatewayError> {
+        context.set_route(route);
+        if !caller.may_call(route) {
+            return Err(GatewayError::PermissionDenied(route.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Checks an admitted request against the limits, publishes it and
+    /// waits for its reply: the worker's successful reply, or why there is
+    /// none.
+    pub(crate) async fn send(&self, request: AmqpRequest, context: &RequestContext) -> Result<Reply, GatewayError> {
+        validate::payload(&self.limits, request.payload.len())?;
+        validate::headers(&self.limits, &request.headers)?;
+        if context.deadline.remaining().is_zero() {
+            // Answered at once, without publishing: nobody could use the reply.
+            return Err(GatewayError::DeadlineExceeded);
+        }
+        let reply = tokio::select! {
+            reply = self.client.round_trip(request) => reply?,
+            () = self.abort.cancelled() => return Err(GatewayError::ShuttingDown),
+        };
+        if reply.code != Code::Ok {
+            return Err(GatewayError::Worker { code: reply.code, message: reply.message });
+        }
+        Ok(reply)
+    }
+
+    /// Turns a failed call into its status, counting refusals.
+    pub(crate) fn fail(&self, error: GatewayError, context: &RequestContext) -> Status {
+        self.rejections.count(&error);
+        tracing::debug!(correlation_id = %context.correlation_id, %error, "call failed");
+        Status::from(error)
+    }
+}
+
+/// The layers' context and caller of a call. The handlers fail closed:
+/// served without the layers that give a call a deadline
+/// ([`RequestContext`]) and a [`Caller`], they answer INTERNAL rather than
+/// invent a deadline or let anyone call any route.
+pub(crate) fn context_of<T>(request: &Request<T>) -> Result<(RequestContext, Caller), Status> {
+    // Set by `RequestContextLayer` and `AuthLayer` (which admits every
+    // caller as an anonymous one when no token is configured).
+    let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
+        return Err(GatewayError::MissingContext("request context").into());
+    };
+    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+        return Err(GatewayError::MissingContext("caller").into());
+    };
+    Ok((context, caller))
+}
+
+/// The `Gateway` service.
+#[derive(Clone, Debug)]
+pub struct GatewayService {
+    calls: Calls,
+}
+
+impl GatewayService {
+    /// The service, making its calls with `calls`.
+    pub fn new(calls: Calls) -> Self {
+        Self { calls }
     }
 
     /// Validates, publishes and waits for the reply.
@@ -52,17 +131,8 @@ impl GatewayService {
         context: &RequestContext,
         caller: &Caller,
     ) -> Result<ProcessResponse, GatewayError> {
-        let route = validate::route(&self.limits, &request.route)?;
-        context.set_route(route);
-        if !caller.may_call(route) {
-            return Err(GatewayError::PermissionDenied(route.to_owned()));
-        }
-        validate::payload(&self.limits, request.payload.len())?;
-        validate::headers(&self.limits, &request.headers)?;
-        if context.deadline.remaining().is_zero() {
-            // Answered at once, without publishing: nobody could use the reply.
-            return Err(GatewayError::DeadlineExceeded);
-        }
+        let route = validate::route(self.calls.limits(), &request.route)?;
+        self.calls.admit(route, context, caller)?;
         let outgoing = AmqpRequest {
             correlation_id: context.correlation_id,
             route: route.to_owned(),
@@ -70,45 +140,29 @@ impl GatewayService {
             content_type: request.content_type,
             headers: request.headers,
             deadline: context.deadline,
+            method: None,
         };
-        let reply = tokio::select! {
-            reply = self.client.round_trip(outgoing) => reply?,
-            () = self.abort.cancelled() => return Err(GatewayError::ShuttingDown),
-        };
-        response(reply, context)
+        let reply = self.calls.send(outgoing, context).await?;
+        Ok(response(reply, context))
     }
 }
 
-/// A reply becomes a response, or the worker's error status.
-fn response(reply: Reply, context: &RequestContext) -> Result<ProcessResponse, GatewayError> {
-    if reply.code != Code::Ok {
-        return Err(GatewayError::Worker { code: reply.code, message: reply.message });
-    }
-    Ok(ProcessResponse {
+/// A successful reply becomes a response.
+fn response(reply: Reply, context: &RequestContext) -> ProcessResponse {
+    ProcessResponse {
         payload: reply.payload.into(),
         content_type: reply.content_type.unwrap_or_default(),
         headers: reply.headers.into_iter().collect(),
         correlation_id: context.correlation_id.hyphenated().to_string(),
-    })
+    }
 }
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn process(&self, request: Request<ProcessRequest>) -> Result<Response<ProcessResponse>, Status> {
-        // Set by `RequestContextLayer` and `AuthLayer` (which admits every
-        // caller as an anonymous one when no token is configured).
-        let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
-            return Err(GatewayError::MissingContext("request context").into());
-        };
-        let Some(caller) = request.extensions().get::<Caller>().cloned() else {
-            return Err(GatewayError::MissingContext("caller").into());
-        };
+        let (context, caller) = context_of(&request)?;
         let result = self.handle(request.into_inner(), &context, &caller).await;
-        result.map(Response::new).map_err(|error| {
-            self.rejections.count(&error);
-            tracing::debug!(correlation_id = %context.correlation_id, %error, "call failed");
-            Status::from(error)
-        })
+        result.map(Response::new).map_err(|error| self.calls.fail(error, &context))
     }
 }
 
@@ -138,17 +192,9 @@ mod tests {
     }
 
     #[test]
-    fn error_reply_maps_to_the_worker_status() {
-        match response(reply(Code::PermissionDenied, "no"), &context()) {
-            Err(GatewayError::Worker { code: Code::PermissionDenied, message }) => assert_eq!(message, "no"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
     fn ok_reply_keeps_content_type_and_headers() {
         let context = context();
-        let r = response(reply(Code::Ok, ""), &context).unwrap();
+        let r = response(reply(Code::Ok, ""), &context);
         assert_eq!(&r.payload[..], b"hi");
         assert_eq!(r.content_type, "text/plain");
         assert_eq!(r.headers.get("tenant").map(String::as_str), Some("acme"));
@@ -176,7 +222,7 @@ mod tests {
             max_headers: 2,
             max_header_bytes: 16,
         };
-        GatewayService::new(client, limits, CancellationToken::new())
+        GatewayService::new(Calls::new(client, limits, CancellationToken::new()))
     }
 
     #[tokio::test]

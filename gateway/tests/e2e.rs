@@ -7,7 +7,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -17,7 +16,7 @@ use std::{
 
 use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
 use futures::StreamExt;
-use gateway::{Args, Config, Running};
+use gateway::{Args, Config};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
@@ -27,115 +26,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 use tower::service_fn;
-use worker::{Request, Response, RunningWorker, Status, WorkerConfig};
+use worker::{Request, Response, Status};
 
-const READY: Duration = Duration::from_secs(15);
+mod common;
 
-type RawHttp2 =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, tonic::body::Body>;
-
-/// A gateway serving on a loopback port, shut down when dropped.
-struct TestGateway {
-    addr: SocketAddr,
-    running: Option<Running>,
-    shutdown: CancellationToken,
-}
-
-impl TestGateway {
-    async fn start(routes: &[&str], extra: &[&str]) -> Self {
-        Self::start_with_url(&testkit::amqp_url(), routes, extra).await
-    }
-
-    async fn start_with_url(url: &str, routes: &[&str], extra: &[&str]) -> Self {
-        let routes = routes.join(",");
-        let url = url.to_owned();
-        let mut argv = vec!["gateway", "--amqp-url", &url, "--routes", &routes];
-        argv.extend_from_slice(extra);
-        let config: Config = <Args as clap::Parser>::try_parse_from(argv).unwrap().into_config().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let running = gateway::spawn(config, listener, shutdown.clone()).unwrap();
-        testkit::eventually("gateway connected to the broker", READY, || {
-            let connected = running.client().is_connected();
-            async move { connected }
-        })
-        .await;
-        Self { addr, running: Some(running), shutdown }
-    }
-
-    fn running(&self) -> &Running {
-        self.running.as_ref().unwrap()
-    }
-
-    async fn client(&self) -> GatewayClient<Channel> {
-        GatewayClient::connect(format!("http://{}", self.addr)).await.unwrap()
-    }
-
-    /// A client that sends `grpc-timeout` without enforcing it itself, as
-    /// clients in other languages may not. tonic's `Channel` runs its own
-    /// timer and answers CANCELLED locally, which would hide the gateway's
-    /// answer that deadline tests are about.
-    fn deadline_client(&self) -> GatewayClient<RawHttp2> {
-        let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
-        GatewayClient::with_origin(http2, format!("http://{}", self.addr).parse().unwrap())
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        let running = self.running.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(20), running.wait()).await.unwrap().unwrap();
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-/// A worker built with the library, stopped when dropped.
-struct TestWorker {
-    running: Option<RunningWorker>,
-    shutdown: CancellationToken,
-}
-
-impl TestWorker {
-    async fn start<S>(queue: &str, handler: S) -> Self
-    where
-        S: tower::Service<Request, Response = Response, Error = Status> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-    {
-        let mut config = WorkerConfig::new(testkit::amqp_url().parse().unwrap(), queue);
-        config.durable = false;
-        let shutdown = CancellationToken::new();
-        let running = worker::spawn(config, handler, shutdown.clone());
-        assert!(running.consuming(READY).await, "worker did not start consuming {queue}");
-        Self { running: Some(running), shutdown }
-    }
-
-    async fn echo(queue: &str) -> Self {
-        Self::start(queue, worker::handlers::echo(Duration::ZERO)).await
-    }
-
-    fn running(&self) -> &RunningWorker {
-        self.running.as_ref().unwrap()
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        let running = self.running.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(20), running.wait()).await.unwrap().unwrap();
-    }
-}
-
-impl Drop for TestWorker {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+use common::{TestGateway, TestWorker};
 
 async fn replied_eventually(worker: &TestWorker, n: u64) {
     let stats = worker.running().stats();

@@ -158,6 +158,14 @@ where
             correlation_id: answer.correlation_id.as_str().to_owned(),
             route: routing_key.as_str().to_owned(),
             redelivered,
+            // Reserved, so `application_headers` left it out above.
+            method: properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get(wire::METHOD_HEADER))
+                .and_then(wire::string)
+                .map(str::to_owned),
+            message_type: properties.kind().as_ref().map(|kind| kind.as_str().to_owned()),
         };
         let started = Instant::now();
         self.stats.started();

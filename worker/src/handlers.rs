@@ -99,6 +99,8 @@ mod tests {
             correlation_id: "id".into(),
             route: "r".into(),
             redelivered: false,
+            method: None,
+            message_type: None,
         }
     }
 

@@ -21,6 +21,37 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Typed handlers
+//!
+//! A worker for a method of the user's own protobuf service (the gateway's
+//! `--service`) takes and returns prost messages: [`typed::handler`] decodes
+//! the request (refusing bytes that are not the request type with
+//! `INVALID_ARGUMENT`) and encodes the reply as `application/x-protobuf`.
+//! The message types come from prost-build with `enable_type_names()`.
+//!
+//! ```no_run
+//! # #[derive(Clone, PartialEq, prost::Message)]
+//! # struct QuoteRequest { #[prost(uint32, tag = "1")] quantity: u32 }
+//! # impl prost::Name for QuoteRequest { const NAME: &'static str = "QuoteRequest"; const PACKAGE: &'static str = "orders.v1"; }
+//! # #[derive(Clone, PartialEq, prost::Message)]
+//! # struct QuoteResponse { #[prost(int64, tag = "1")] total_cents: i64 }
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio_util::sync::CancellationToken;
+//! use worker::{Status, WorkerConfig, typed::{self, TypedRequest}};
+//!
+//! async fn quote(request: TypedRequest<QuoteRequest>) -> Result<QuoteResponse, Status> {
+//!     if request.message.quantity == 0 {
+//!         return Err(Status::invalid_argument("quantity must be positive"));
+//!     }
+//!     Ok(QuoteResponse { total_cents: 250 * i64::from(request.message.quantity) })
+//! }
+//!
+//! let config = WorkerConfig::new("amqp://127.0.0.1:5672/%2f".parse()?, "orders.v1.Orders.Quote");
+//! let handler = typed::handler(tower::service_fn(quote));
+//! worker::spawn(config, handler, CancellationToken::new()).wait().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
 //!
 //! A request's path through the library, one concern per module:
@@ -41,6 +72,8 @@
 //! - [`config`]: how the worker connects and consumes, and its validation.
 //! - [`error`]: why a worker stopped on its own.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
+//! - [`typed`]: handlers of prost messages, and one queue serving several
+//!   methods.
 //! - [`cli`]: the binary's flags, mapped to a config and a handler.
 //! - `stats`: counters and Prometheus metrics.
 
@@ -56,6 +89,7 @@ mod reply;
 pub mod request;
 mod stats;
 mod supervisor;
+pub mod typed;
 
 pub use config::{ConfigError, QueueType, WorkerConfig};
 pub use error::{SetupError, WorkerError};

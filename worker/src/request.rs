@@ -24,6 +24,15 @@ pub struct Request {
     /// True when the broker delivered this request before (a worker died or
     /// gave it back without acknowledging it).
     pub redelivered: bool,
+    /// The typed method this request calls (`x-grpc-method`), e.g.
+    /// `orders.v1.Orders/Create`, when the gateway serves a user's service;
+    /// `None` for `gateway.v1.Gateway/Process` requests. A worker serving
+    /// several methods on one queue dispatches on it (see
+    /// [`crate::typed::Methods`]).
+    pub method: Option<String>,
+    /// The request message's full protobuf name (the AMQP `type` property),
+    /// e.g. `orders.v1.CreateOrderRequest`, when the publisher set it.
+    pub message_type: Option<String>,
 }
 
 /// A successful reply.

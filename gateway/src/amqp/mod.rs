@@ -153,6 +153,18 @@ pub struct AmqpRequest {
     pub headers: HashMap<String, String>,
     /// When the request must be answered by.
     pub deadline: Deadline,
+    /// The typed method the request is for; None for `Process`.
+    pub method: Option<Arc<MethodTag>>,
+}
+
+/// What marks a typed method's request on the wire: the `x-grpc-method`
+/// header and the AMQP `type` property. Made once per method at start-up.
+#[derive(Debug)]
+pub struct MethodTag {
+    /// `package.Service/Method`.
+    pub method: String,
+    /// The request message's full name.
+    pub message_type: ShortString,
 }
 
 /// Handle to the gateway's broker session; cheap to clone.
@@ -340,9 +352,16 @@ fn request_properties(request: &AmqpRequest, id: ShortString, span: &tracing::Sp
     for (name, value) in &request.headers {
         headers.insert(name.as_str().into(), wire::long_string(value.as_str()));
     }
+    if let Some(tag) = &request.method {
+        headers.insert(wire::METHOD_HEADER.into(), wire::long_string(tag.method.as_str()));
+    }
     otel::propagation::inject_amqp(span, &mut headers);
     let content_type = (!request.content_type.is_empty()).then(|| request.content_type.as_str().into());
-    wire::request_properties(id, headers, request.deadline.remaining(), content_type)
+    let properties = wire::request_properties(id, headers, request.deadline.remaining(), content_type);
+    match &request.method {
+        Some(tag) => properties.with_type(tag.message_type.clone()),
+        None => properties,
+    }
 }
 
 /// Awaits a publisher confirm; if dropped first (the caller cancelled), hands
