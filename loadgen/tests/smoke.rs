@@ -169,6 +169,16 @@ async fn recording_echo(url: &str, route: &str) -> (Connection, mpsc::UnboundedR
     (connection, received)
 }
 
+/// The next request [`recording_echo`] saw on `route`: it hands a request
+/// over just after replying, so it may come a moment after the call ended.
+async fn next_request(seen: &mut mpsc::UnboundedReceiver<Seen>, route: &str) -> Seen {
+    match tokio::time::timeout(Duration::from_secs(10), seen.recv()).await {
+        Ok(Some(seen)) => seen,
+        Ok(None) => panic!("the consumer on {route} stopped"),
+        Err(_) => panic!("no request reached {route}"),
+    }
+}
+
 #[tokio::test]
 async fn typed_modes_call_their_method_as_protobuf_and_as_json() {
     let url = testkit::amqp_url();
@@ -189,7 +199,7 @@ async fn typed_modes_call_their_method_as_protobuf_and_as_json() {
     };
     let report = one_call("typed").await;
     assert_eq!((report["ok"].as_u64(), report["failed"].as_u64()), (Some(1), Some(0)), "{report:#}");
-    let seen = typed_seen.recv().await.unwrap();
+    let seen = next_request(&mut typed_seen, &typed_route).await;
     assert_eq!(seen.content_type.as_deref(), Some(wire::PROTOBUF), "{seen:?}");
     assert_eq!(seen.method.as_deref(), Some("loadgen.v1.Echo/Echo"), "{seen:?}");
     assert_eq!(seen.message_type.as_deref(), Some("loadgen.v1.EchoMessage"), "{seen:?}");
@@ -200,7 +210,7 @@ async fn typed_modes_call_their_method_as_protobuf_and_as_json() {
 
     let report = one_call("typed-json").await;
     assert_eq!((report["ok"].as_u64(), report["failed"].as_u64()), (Some(1), Some(0)), "{report:#}");
-    let seen = json_seen.recv().await.unwrap();
+    let seen = next_request(&mut json_seen, &json_route).await;
     assert_eq!(seen.content_type.as_deref(), Some(wire::JSON), "{seen:?}");
     assert_eq!(seen.method.as_deref(), Some("loadgen.v1.Echo/EchoJson"), "{seen:?}");
     assert_eq!(seen.message_type.as_deref(), Some("loadgen.v1.EchoMessage"), "{seen:?}");
