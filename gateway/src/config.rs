@@ -267,6 +267,11 @@ pub struct Config {
     pub open_probes: bool,
     /// Drain period on shutdown.
     pub shutdown_grace: Duration,
+    /// Whether calls are traced with exported spans or pass their context
+    /// on without any (nothing exported: the default). Not a flag: the
+    /// binary takes it from telemetry's set-up (`otel::Guard::policy`), which
+    /// reads the `OTEL_*` variables.
+    pub tracing: otel::w3c::TracePolicy,
 }
 
 /// Limits on client connections and their HTTP/2 sessions: what one client
@@ -407,6 +412,7 @@ impl Args {
             tokens,
             open_probes: !self.auth_probes,
             shutdown_grace: self.shutdown_grace,
+            tracing: otel::w3c::TracePolicy::default(),
         })
     }
 }

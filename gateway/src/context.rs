@@ -27,6 +27,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request};
+use otel::w3c::{CallTrace, Lean, TracePolicy};
 use pin_project_lite::pin_project;
 use tonic::{Code, body::Body, server::NamedService};
 use tower::{Layer, Service};
@@ -50,21 +51,59 @@ pub struct RequestContext {
     pub deadline: Deadline,
     /// The AMQP correlation id (and message id) of the call.
     pub correlation_id: Uuid,
+    shared: Arc<Shared>,
+}
+
+/// What the layer and the handler share, in one allocation per call.
+#[derive(Debug, Default)]
+struct Shared {
     /// The allowed route the call resolved to, once the handler knows it;
     /// read by the layer when the call ends, for the metrics' `route` label.
-    route: Arc<OnceLock<String>>,
+    route: OnceLock<String>,
+    /// The call's trace context when it makes no spans.
+    lean: Option<Lean>,
 }
 
 impl RequestContext {
-    /// A context for a call that must be answered by `deadline`.
+    /// A context for a call that must be answered by `deadline`, traced with
+    /// spans.
     pub fn new(deadline: Deadline, correlation_id: Uuid) -> Self {
-        Self { deadline, correlation_id, route: Arc::default() }
+        Self { deadline, correlation_id, shared: Arc::default() }
+    }
+
+    /// A context for a call traced as `trace` says.
+    fn traced(deadline: Deadline, correlation_id: Uuid, trace: CallTrace) -> Self {
+        let lean = match trace {
+            CallTrace::Spans => None,
+            CallTrace::Lean(lean) => Some(lean),
+        };
+        Self { deadline, correlation_id, shared: Arc::new(Shared { route: OnceLock::new(), lean }) }
     }
 
     /// Records the allowed route the call resolved to (the first one set
     /// counts).
     pub fn set_route(&self, route: &str) {
-        let _ = self.route.set(route.to_owned());
+        let _ = self.shared.route.set(route.to_owned());
+    }
+
+    /// The call's trace context, when the call makes no spans: what its
+    /// request passes on instead of a span's context.
+    pub fn lean_trace(&self) -> Option<LeanTrace> {
+        self.shared.lean.is_some().then(|| LeanTrace(self.shared.clone()))
+    }
+}
+
+/// A call's trace context without spans ([`otel::w3c::Lean`]), shared with
+/// its context. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LeanTrace(Arc<Shared>);
+
+impl LeanTrace {
+    /// Writes the context into a request's AMQP headers.
+    pub fn inject_amqp(&self, headers: &mut lapin::types::FieldTable) {
+        if let Some(lean) = &self.0.lean {
+            lean.inject_amqp(headers);
+        }
     }
 }
 
@@ -75,12 +114,15 @@ impl RequestContext {
 pub struct RequestContextLayer {
     policy: DeadlinePolicy,
     metrics: Arc<ProcessMetrics>,
+    tracing: TracePolicy,
 }
 
 impl RequestContextLayer {
-    /// A layer applying `policy` and recording finished calls in `metrics`.
-    pub fn new(policy: DeadlinePolicy, metrics: Arc<ProcessMetrics>) -> Self {
-        Self { policy, metrics }
+    /// A layer applying `policy`, recording finished calls in `metrics` and
+    /// tracing them as `tracing` says: with spans when they are exported and
+    /// sampled, else by passing their context on ([`otel::w3c`]).
+    pub fn new(policy: DeadlinePolicy, metrics: Arc<ProcessMetrics>, tracing: TracePolicy) -> Self {
+        Self { policy, metrics, tracing }
     }
 }
 
@@ -88,7 +130,7 @@ impl<S> Layer<S> for RequestContextLayer {
     type Service = RequestContextService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestContextService { inner, policy: self.policy, metrics: self.metrics.clone() }
+        RequestContextService { inner, policy: self.policy, metrics: self.metrics.clone(), tracing: self.tracing }
     }
 }
 
@@ -98,6 +140,7 @@ pub struct RequestContextService<S> {
     inner: S,
     policy: DeadlinePolicy,
     metrics: Arc<ProcessMetrics>,
+    tracing: TracePolicy,
 }
 
 impl<S: NamedService> NamedService for RequestContextService<S> {
@@ -119,11 +162,15 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let started = Instant::now();
         let deadline = self.policy.deadline(request.headers(), started);
-        let context = RequestContext::new(deadline, Uuid::new_v4());
-        let correlation_id = context.correlation_id;
-        let span = server_span(&request, correlation_id);
+        let correlation_id = Uuid::new_v4();
+        let trace = self.tracing.start(request.headers());
+        let span = match trace {
+            CallTrace::Spans => server_span(&request, correlation_id),
+            CallTrace::Lean(_) => tracing::Span::none(),
+        };
+        let context = RequestContext::traced(deadline, correlation_id, trace);
         let outcome =
-            Outcome { span, metrics: self.metrics.clone(), route: context.route.clone(), started, recorded: false };
+            Outcome { span, metrics: self.metrics.clone(), shared: context.shared.clone(), started, recorded: false };
         request.extensions_mut().insert(context);
         let inner = outcome.span.in_scope(|| self.inner.call(request));
         RequestContextFuture { inner, sleep: tokio::time::sleep_until(deadline.instant()), correlation_id, outcome }
@@ -164,7 +211,7 @@ fn status_code(response: &http::Response<Body>) -> Code {
 struct Outcome {
     span: tracing::Span,
     metrics: Arc<ProcessMetrics>,
-    route: Arc<OnceLock<String>>,
+    shared: Arc<Shared>,
     started: Instant,
     recorded: bool,
 }
@@ -178,7 +225,7 @@ impl Outcome {
         if code != Code::Ok {
             self.span.record("otel.status_code", "ERROR");
         }
-        self.metrics.record(self.route.get().map(String::as_str), code, self.started.elapsed());
+        self.metrics.record(self.shared.route.get().map(String::as_str), code, self.started.elapsed());
     }
 }
 

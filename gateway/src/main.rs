@@ -12,10 +12,10 @@ async fn main() -> anyhow::Result<()> {
     if args.probe {
         return probe(args.listen).await;
     }
-    let _telemetry =
-        otel::init("gateway", args.log_format, "info", otel::ContextActivation::Off).context("telemetry")?;
+    let telemetry = otel::init("gateway", args.log_format, "info", otel::Spans::WhenExported).context("telemetry")?;
     let metrics_listen = args.metrics_listen;
-    let config = args.into_config().context("invalid configuration")?;
+    let mut config = args.into_config().context("invalid configuration")?;
+    config.tracing = telemetry.policy();
     if let Some(addr) = metrics_listen {
         otel::serve_prometheus(addr)?;
         tracing::info!(%addr, "serving Prometheus metrics");

@@ -141,6 +141,7 @@ impl GatewayService {
             headers: request.headers,
             deadline: context.deadline,
             method: None,
+            trace: context.lean_trace(),
         };
         let reply = self.calls.send(outgoing, context).await?;
         Ok(response(reply, context))

@@ -166,6 +166,7 @@ async fn handle(
         headers: HashMap::new(),
         deadline: context.deadline,
         method: Some(served.tag.clone()),
+        trace: context.lean_trace(),
     };
     let reply = calls.send(request, context).await?;
     let mut metadata = tonic::metadata::MetadataMap::new();

@@ -296,5 +296,57 @@ async fn without_export_the_gateway_still_starts_and_passes_on_a_trace() {
     let traceparent = seen["traceparent"].as_str().unwrap_or_else(|| panic!("no traceparent: {seen:?}"));
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert!(parts.len() == 4 && parts[1].len() == 32 && parts[1] != "0".repeat(32), "{traceparent}");
+    assert_eq!(parts[3], "01", "a new trace is sampled by default (parentbased_always_on)");
     assert!(!seen.contains_key("tracestate"), "an empty tracestate is left out: {seen:?}");
+
+    // A caller's trace is passed on as it came, tracestate and baggage
+    // included: without spans of its own, the gateway is transparent.
+    let (trace_id, caller_span) = caller_context();
+    let mut request = traced(&route, "traced", &trace_id, &caller_span);
+    request.metadata_mut().insert("tracestate", "vendor=abc".parse().unwrap());
+    request.metadata_mut().insert("baggage", "tenant=acme".parse().unwrap());
+    let response = client(addr).await.process(request).await.unwrap();
+    let seen: std::collections::HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&response.into_inner().payload).unwrap();
+    assert_eq!(seen["traceparent"], format!("00-{trace_id}-{caller_span}-01"), "{seen:?}");
+    assert_eq!((&seen["tracestate"], &seen["baggage"]), (&"vendor=abc".into(), &"tenant=acme".into()));
+}
+
+#[tokio::test]
+async fn unsampled_calls_make_no_spans_and_pass_their_decision_on() {
+    let collector = OtlpCollector::start().await;
+    let url = testkit::amqp_url();
+    let route = testkit::unique("pika-sampled");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pika_worker.py");
+    let pika = Process::spawn_program(&testkit::python(), &[script, &url, &route], &[]);
+    logged(&pika, "consuming").await;
+    let endpoint = collector.endpoint();
+    let env = [
+        ("AMQP_URL", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // New traces are never sampled; callers' decisions are followed.
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+    ];
+    let addr = testkit::free_addr();
+    let gateway = Process::spawn("gateway", &["--listen", &addr.to_string(), "--routes", &route], &env);
+    logged(&gateway, "connected to the broker").await;
+    let seen = |response: tonic::Response<amqp_gateway::pb::ProcessResponse>| {
+        let seen: std::collections::HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&response.into_inner().payload).unwrap();
+        seen["traceparent"].as_str().unwrap().to_owned()
+    };
+
+    let unsampled = ProcessRequest { route: route.clone(), ..ProcessRequest::default() };
+    let traceparent = seen(client(addr).await.process(unsampled).await.unwrap());
+    let unsampled_trace = traceparent.split('-').nth(1).unwrap().to_owned();
+    assert!(traceparent.ends_with("-00"), "the worker learns the call is not sampled: {traceparent}");
+
+    let (trace_id, caller_span) = caller_context();
+    let traceparent = seen(client(addr).await.process(traced(&route, "x", &trace_id, &caller_span)).await.unwrap());
+    assert!(traceparent.starts_with(&format!("00-{trace_id}-")) && traceparent.ends_with("-01"), "{traceparent}");
+    // The sampled call's spans arrive; the unsampled call, made first, made none.
+    spans_of(&collector, &trace_id, &[&format!("send {route}")]).await;
+    assert!(collector.trace(&unsampled_trace).is_empty(), "{:?}", collector.trace(&unsampled_trace));
 }

@@ -10,6 +10,9 @@
 //!   that flushes spans when dropped.
 //! - [`propagation`]: the trace-context carriers: AMQP headers and gRPC
 //!   metadata.
+//! - [`w3c`]: trace context without spans, for a process that makes spans
+//!   only for what it exports ([`Spans::WhenExported`]), and the sampling
+//!   decision it makes itself.
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - `logs`: the log line formats.
 //! - [`shutdown_signal`] (`signal`): SIGTERM and SIGINT, which both binaries
@@ -21,13 +24,15 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` (and `_ARG`),
 //! `OTEL_SDK_DISABLED`, and the exporter's and batch processor's own
 //! (`OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_SCHEDULE_DELAY`, ...). Even with
-//! export off, spans carry real trace context and propagate it: a caller's
-//! trace, or one the gateway starts, still reaches the workers.
+//! export off, trace context propagates: a caller's trace, or one the
+//! gateway starts, still reaches the workers (through spans that are not
+//! exported, or through [`w3c`]).
 
 mod logs;
 pub mod metrics;
 pub mod propagation;
 mod signal;
+pub mod w3c;
 
 use std::{fmt, io::IsTerminal as _, str::FromStr};
 
@@ -108,6 +113,15 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Guard {
     provider: Option<SdkTracerProvider>,
+    policy: w3c::TracePolicy,
+}
+
+impl Guard {
+    /// Whether spans are exported, and the sampling decision the process
+    /// makes itself under [`Spans::WhenExported`].
+    pub fn policy(&self) -> w3c::TracePolicy {
+        self.policy
+    }
 }
 
 impl Drop for Guard {
@@ -127,32 +141,31 @@ fn export_enabled(env: impl Fn(&str) -> Option<String>) -> bool {
     !disabled && !exporter_none && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
-/// Whether entering a `tracing` span also makes its OpenTelemetry context the
-/// current one (`opentelemetry::Context::current()`).
+/// Which `tracing` spans are OpenTelemetry spans.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ContextActivation {
-    /// Code that uses the OpenTelemetry API directly (a handler calling an
-    /// instrumented client, say) sees the span it runs in. Costs a context
-    /// attach and detach on every poll of every instrumented future.
+pub enum Spans {
+    /// Every span, exported or not, and entering one makes its context the
+    /// current one (`opentelemetry::Context::current()`), so code that uses
+    /// the OpenTelemetry API directly (a handler calling an instrumented
+    /// client, say) sees the span it runs in. For workers.
     #[default]
-    On,
-    /// Only `tracing` spans carry the context (read it with
-    /// `tracing_opentelemetry::OpenTelemetrySpanExt::context`). For processes
-    /// that run no code using the OpenTelemetry API directly, like the
-    /// gateway, where activation was a tenth of the CPU per call.
-    Off,
+    Always,
+    /// Only what is exported: with no exporter there is no OpenTelemetry
+    /// layer at all, and with one the process decides per call, before any
+    /// span exists, whether the call is sampled ([`w3c::TracePolicy`]), and
+    /// passes unsampled calls' context on without spans ([`w3c::Lean`]).
+    /// Contexts are never made current (activation was a tenth of the
+    /// gateway's CPU per call). For the gateway, where tracing every call was
+    /// a fifth of its CPU with nothing exported.
+    WhenExported,
 }
 
 /// Installs logs, traces and propagators for a process named `service_name`
 /// (used when `OTEL_SERVICE_NAME` does not name it). `default_filter` applies
-/// when `RUST_LOG` is unset (for example `"info"`). Call once, from within the
-/// Tokio runtime (the exporter's connection runs on it).
-pub fn init(
-    service_name: &'static str,
-    format: LogFormat,
-    default_filter: &str,
-    activation: ContextActivation,
-) -> Result<Guard, Error> {
+/// when `RUST_LOG` is unset (for example `"info"`); `spans` says which spans
+/// are OpenTelemetry spans. Call once, from within the Tokio runtime (the
+/// exporter's connection runs on it).
+pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str, spans: Spans) -> Result<Guard, Error> {
     global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
@@ -183,26 +196,38 @@ pub fn init(
     }
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     let exporting = export_enabled(env);
+    let sampler =
+        w3c::Sampler::from_env(env("OTEL_TRACES_SAMPLER").as_deref(), env("OTEL_TRACES_SAMPLER_ARG").as_deref());
     if exporting {
         provider = provider.with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?);
     }
+    if spans == Spans::WhenExported {
+        // The process has sampled each call before making its spans: the SDK
+        // keeps every span it is given.
+        provider = provider.with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn);
+    }
     let provider = provider.build();
-    // The OpenTelemetry layer sees every span at INFO and above whatever
-    // RUST_LOG says, so quieter logs never cost traces. Code locations,
-    // thread names and busy/idle times are left out: per-call spans would pay
-    // for them on every call (two clock reads on every poll for the timings)
-    // and they say nothing about a request.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("grpc-amqp-gateway"))
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_context_activation(activation == ContextActivation::On)
-        .with_filter(LevelFilter::INFO);
     let logged = filter.and(filter_fn(|meta| !(meta.is_span() && meta.target() == CALL_SPANS)));
-
-    tracing_subscriber::registry().with(otel).with(fmt.with_filter(logged)).try_init()?;
-    Ok(Guard { provider: exporting.then_some(provider) })
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(logged));
+    if spans == Spans::Always || exporting {
+        // The OpenTelemetry layer sees every span at INFO and above whatever
+        // RUST_LOG says, so quieter logs never cost traces. Code locations,
+        // thread names and busy/idle times are left out: per-call spans would
+        // pay for them on every call (two clock reads on every poll for the
+        // timings) and they say nothing about a request.
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("grpc-amqp-gateway"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(spans == Spans::Always)
+            .with_filter(LevelFilter::INFO);
+        registry.with(otel).try_init()?;
+    } else {
+        registry.try_init()?;
+    }
+    let policy = w3c::TracePolicy::new(exporting, sampler);
+    Ok(Guard { provider: exporting.then_some(provider), policy })
 }
 
 #[cfg(test)]

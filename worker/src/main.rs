@@ -11,8 +11,7 @@ use worker::cli::Args;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Args::parse().into_settings().context("invalid configuration")?;
-    let _telemetry =
-        otel::init("worker", settings.log_format, "info", otel::ContextActivation::On).context("telemetry")?;
+    let _telemetry = otel::init("worker", settings.log_format, "info", otel::Spans::Always).context("telemetry")?;
     if let Some(addr) = settings.metrics_listen {
         otel::serve_prometheus(addr)?;
         tracing::info!(%addr, "serving Prometheus metrics");

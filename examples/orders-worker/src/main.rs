@@ -63,8 +63,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(10),
     };
     config.validate().context("invalid configuration")?;
-    let _telemetry =
-        otel::init("orders-worker", args.log_format, "info", otel::ContextActivation::On).context("telemetry")?;
+    let _telemetry = otel::init("orders-worker", args.log_format, "info", otel::Spans::Always).context("telemetry")?;
 
     tracing::info!(broker = %config.broker, route = %config.queue, "orders-worker starting");
     let shutdown = CancellationToken::new();

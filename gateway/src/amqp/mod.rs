@@ -47,7 +47,7 @@ use uuid::Uuid;
 
 use self::session::BrokerSession;
 pub use crate::metrics::Stats;
-use crate::{config::AmqpConfig, deadline::Deadline, metrics::BrokerEvent};
+use crate::{config::AmqpConfig, context::LeanTrace, deadline::Deadline, metrics::BrokerEvent};
 
 /// Why a request got no reply from a worker.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -155,6 +155,10 @@ pub struct AmqpRequest {
     pub deadline: Deadline,
     /// The typed method the request is for; None for `Process`.
     pub method: Option<Arc<MethodTag>>,
+    /// The call's trace context when it makes no spans
+    /// ([`RequestContext::lean_trace`](crate::context::RequestContext::lean_trace));
+    /// None when it is traced with spans.
+    pub trace: Option<LeanTrace>,
 }
 
 /// What marks a typed method's request on the wire: the `x-grpc-method`
@@ -199,8 +203,12 @@ impl AmqpClient {
     /// Traced as a PRODUCER span `send <route>` (OpenTelemetry messaging
     /// conventions for RabbitMQ) whose context travels in the request headers,
     /// and a CONSUMER span for the reply's arrival, child of the worker's span
-    /// when the reply carries its `traceparent`.
+    /// when the reply carries its `traceparent`. A call that makes no spans
+    /// (`request.trace`) makes neither, and passes its context on as it is.
     pub async fn round_trip(&self, request: AmqpRequest) -> Result<Reply, RoundTripError> {
+        if request.trace.is_some() {
+            return self.publish_and_wait(request, &tracing::Span::none()).await;
+        }
         let span = tracing::info_span!(
             target: otel::CALL_SPANS,
             "send",
@@ -229,6 +237,7 @@ impl AmqpClient {
         let session = self.session.borrow().clone().filter(|s| !s.is_lost()).ok_or(RoundTripError::NotConnected)?;
         let slot = session.slot();
         let correlation_id = request.correlation_id;
+        let traced = request.trace.is_none();
         let (_guard, reply) = slot.pending.insert(correlation_id);
         // A channel or session marks itself closed before failing its pending
         // requests, so a request registered after that sweep sees the mark
@@ -247,7 +256,9 @@ impl AmqpClient {
         // The sender is dropped only by `fail_all`, which sends first; a closed
         // channel therefore means the session went away.
         let delivered = reply.await.unwrap_or(Err(RoundTripError::ConnectionLost))?;
-        received(&delivered, correlation_id);
+        if traced {
+            received(&delivered, correlation_id);
+        }
         Ok(delivered.decode())
     }
 
@@ -355,7 +366,10 @@ fn request_properties(request: &AmqpRequest, id: ShortString, span: &tracing::Sp
     if let Some(tag) = &request.method {
         headers.insert(wire::METHOD_HEADER.into(), wire::long_string(tag.method.as_str()));
     }
-    otel::propagation::inject_amqp(span, &mut headers);
+    match &request.trace {
+        Some(lean) => lean.inject_amqp(&mut headers),
+        None => otel::propagation::inject_amqp(span, &mut headers),
+    }
     let content_type = (!request.content_type.is_empty()).then(|| request.content_type.as_str().into());
     let properties = wire::request_properties(id, headers, request.deadline.remaining(), content_type);
     match &request.method {
