@@ -182,6 +182,9 @@ struct Cell {
     payload: usize,
     concurrency: usize,
     samples: Vec<Sample>,
+    /// At concurrency 1: the median of health checks through the bench's
+    /// gateway, µs: the gRPC hop alone, without AMQP.
+    grpc_hop_p50_us: Option<f64>,
 }
 
 impl Cell {
@@ -225,6 +228,14 @@ impl Cell {
         ratio(self.best(Mode::Gateway)?.run.p99_us() as f64, self.best(baseline)?.run.p99_us() as f64)
     }
 
+    /// The gateway's CPU per call (gateway mode) over the raw-amqp
+    /// client's (the load generator in raw-amqp mode, which does the same
+    /// AMQP work).
+    fn gateway_cpu_over_client(&self) -> Option<f64> {
+        let client = self.best(Mode::RawAmqp).map(|s| s.per_call_us(s.loadgen_cpu))?;
+        ratio(self.gateway_cpu_us(Mode::Gateway)?, client)
+    }
+
     /// What the gateway adds to the median over raw-amqp, µs.
     fn added_median_us(&self) -> Option<f64> {
         Some(self.best(Mode::Gateway)?.run.p50_us() as f64 - self.best(Mode::RawAmqp)?.run.p50_us() as f64)
@@ -247,6 +258,8 @@ impl Cell {
                 "throughput_gateway_over_raw_bare": self.throughput_ratio(Mode::RawBare),
                 "p99_gateway_over_raw_bare": self.p99_ratio(Mode::RawBare),
                 "added_median_us": self.added_median_us(),
+                "grpc_hop_p50_us": self.grpc_hop_p50_us,
+                "gateway_cpu_over_raw_amqp_client": self.gateway_cpu_over_client(),
                 "throughput_typed_over_gateway": self.throughput_of(Mode::Typed, Mode::Gateway),
                 "throughput_typed_json_over_gateway": self.throughput_of(Mode::TypedJson, Mode::Gateway),
                 "throughput_typed_json_over_typed": self.throughput_of(Mode::TypedJson, Mode::Typed),
@@ -416,7 +429,7 @@ async fn measure_all(
     let mut index = 0;
     for &payload in &args.payload_sizes {
         for &concurrency in &args.concurrency {
-            let mut cell = Cell { payload, concurrency, samples: Vec::new() };
+            let mut cell = Cell { payload, concurrency, samples: Vec::new(), grpc_hop_p50_us: None };
             for round in 1..=args.rounds {
                 for &mode in &modes {
                     index += 1;
@@ -467,10 +480,37 @@ async fn measure_all(
                     cell.samples.push(sample);
                 }
             }
+            if concurrency == 1 && modes.contains(&Mode::Gateway) {
+                cell.grpc_hop_p50_us = grpc_hop_p50_us(addr, HOP_CALLS).await;
+            }
             cells.push(cell);
         }
     }
     Ok((cells, procfs::peak_rss(pids.gateway)?))
+}
+
+/// Health checks timed for the gRPC hop at concurrency 1.
+const HOP_CALLS: usize = 2000;
+
+/// The median of `calls` health checks made one after the other through the
+/// gateway at `addr`, µs: what the gRPC hop costs a call (client, HTTP/2,
+/// the gateway's server and its authentication layer) without the AMQP
+/// round trip. None if the gateway does not answer.
+async fn grpc_hop_p50_us(addr: std::net::SocketAddr, calls: usize) -> Option<f64> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.tcp_nodelay(true);
+    let mut client = HealthClient::new(channel.connect().await.ok()?);
+    let mut took = Vec::with_capacity(calls);
+    for i in 0..calls + 100 {
+        let started = std::time::Instant::now();
+        client.check(HealthCheckRequest { service: String::new() }).await.ok()?;
+        // The first hundred warm the connection up.
+        if i >= 100 {
+            took.push(started.elapsed());
+        }
+    }
+    took.sort_unstable();
+    took.get(took.len() / 2).map(|median| median.as_secs_f64() * 1e6)
 }
 
 /// The processes whose CPU time the bench reads.
@@ -693,10 +733,32 @@ impl Target {
 fn targets(cells: &[Cell], in_flight: Option<&InFlight>, growth: Option<&Growth>) -> Vec<Target> {
     let cell = |payload, concurrency| cells.iter().find(|c| c.payload == payload && c.concurrency == concurrency);
     let mut targets = Vec::new();
+    // Issue 15's targets; the looser goals below stay the aim beyond it.
+    targets.push(Target {
+        what: "gateway CPU per call over the raw-amqp client's, 64 B, concurrency 64".into(),
+        value: cell(64, 64).and_then(Cell::gateway_cpu_over_client),
+        bound: 1.5,
+        at_least: false,
+        unit: "",
+    });
+    targets.push(Target {
+        what: "throughput gateway/raw-amqp, 64 B, concurrency 64".into(),
+        value: cell(64, 64).and_then(|c| c.throughput_ratio(Mode::RawAmqp)),
+        bound: 0.75,
+        at_least: true,
+        unit: "",
+    });
+    targets.push(Target {
+        what: "median added by the gateway over raw-amqp, 64 B, concurrency 1".into(),
+        value: cell(64, 1).and_then(Cell::added_median_us),
+        bound: 250.0,
+        at_least: false,
+        unit: " µs",
+    });
     for (payload, label, bound) in [(64, "64 B", 0.85), (16384, "16 KiB", 0.9)] {
         for concurrency in [64, 256] {
             targets.push(Target {
-                what: format!("throughput gateway/raw-amqp, {label}, concurrency {concurrency}"),
+                what: format!("(goal) throughput gateway/raw-amqp, {label}, concurrency {concurrency}"),
                 value: cell(payload, concurrency).and_then(|c| c.throughput_ratio(Mode::RawAmqp)),
                 bound,
                 at_least: true,
@@ -705,21 +767,21 @@ fn targets(cells: &[Cell], in_flight: Option<&InFlight>, growth: Option<&Growth>
         }
     }
     targets.push(Target {
-        what: "p99 gateway/raw-amqp, 64 B, concurrency 64".into(),
+        what: "(goal) p99 gateway/raw-amqp, 64 B, concurrency 64".into(),
         value: cell(64, 64).and_then(|c| c.p99_ratio(Mode::RawAmqp)),
         bound: 1.3,
         at_least: false,
         unit: "",
     });
     targets.push(Target {
-        what: "throughput gateway/raw-bare, 64 B, concurrency 64".into(),
+        what: "(goal) throughput gateway/raw-bare, 64 B, concurrency 64".into(),
         value: cell(64, 64).and_then(|c| c.throughput_ratio(Mode::RawBare)),
         bound: 0.6,
         at_least: true,
         unit: "",
     });
     targets.push(Target {
-        what: "median added by the gateway over raw-amqp, 64 B, concurrency 1".into(),
+        what: "(goal) median added by the gateway over raw-amqp, 64 B, concurrency 1".into(),
         value: cell(64, 1).and_then(Cell::added_median_us),
         bound: 150.0,
         at_least: false,
@@ -872,6 +934,7 @@ fn report(args: &BenchArgs, results: &Results) -> String {
             c.failed(),
         );
     }
+    cpu_report(&mut out, cells);
     if cells.iter().any(|c| c.best(Mode::Typed).is_some() || c.best(Mode::TypedJson).is_some()) {
         typed_report(&mut out, cells);
     }
@@ -909,6 +972,53 @@ fn report(args: &BenchArgs, results: &Results) -> String {
         let _ = writeln!(out, "{}", target.line());
     }
     out
+}
+
+/// CPU per call of every process in every mode, the gateway's as a multiple
+/// of the raw-amqp client's, and at concurrency 1 where the added median
+/// goes.
+fn cpu_report(out: &mut String, cells: &[Cell]) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "CPU time per call in µs, by process and mode (best round; warm-up included). The raw-amqp client is \
+         loadgen in raw-amqp mode: the AMQP work the gateway also does"
+    );
+    let _ = writeln!(out);
+    let _ =
+        writeln!(out, "| payload | conc. | mode | gateway | worker | broker | loadgen | gateway / raw-amqp client |");
+    let _ = writeln!(out, "|---|--:|---|--:|--:|--:|--:|--:|");
+    for c in cells {
+        for mode in Mode::ALL {
+            let Some(s) = c.best(mode) else { continue };
+            let us = |cpu: Duration| format!("{:.0}", s.per_call_us(cpu));
+            let gateway = if mode.via_gateway() { us(s.gateway_cpu) } else { "-".to_owned() };
+            let broker = s.broker_cpu.map_or_else(|| "-".to_owned(), us);
+            let multiple = if mode == Mode::Gateway { ratio_cell(c.gateway_cpu_over_client()) } else { String::new() };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {gateway} | {} | {broker} | {} | {multiple} |",
+                payload_label(c.payload),
+                c.concurrency,
+                mode.name(),
+                us(s.worker_cpu),
+                us(s.loadgen_cpu),
+            );
+        }
+    }
+    for c in cells.iter().filter(|c| c.concurrency == 1) {
+        let (Some(added), Some(hop)) = (c.added_median_us(), c.grpc_hop_p50_us) else { continue };
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Where the added median goes, {}, concurrency 1: the gateway adds {added:.0} µs over raw-amqp; the gRPC \
+             hop alone (a health check through the same gateway: client, HTTP/2, the gateway's server, no AMQP) \
+             takes {hop:.0} µs; the other {:.0} µs are the gateway's work around the AMQP round trip (layers, \
+             handler, hand-offs to and from lapin's thread) and waking its threads",
+            payload_label(c.payload),
+            added - hop
+        );
+    }
 }
 
 /// The typed methods against `Process` (gateway mode), in the same gateway:
@@ -1044,6 +1154,7 @@ mod tests {
                 // JSON: 800 calls/s at 130 µs per call.
                 sample(Mode::TypedJson, 1, 800, second, 104_000),
             ],
+            grpc_hop_p50_us: None,
         };
         assert!((cell.throughput_of(Mode::Typed, Mode::Gateway).unwrap() - 0.96).abs() < 1e-9);
         assert!((cell.throughput_of(Mode::TypedJson, Mode::Gateway).unwrap() - 0.8).abs() < 1e-9);
@@ -1063,12 +1174,40 @@ mod tests {
     #[test]
     fn the_typed_table_shows_ratios_and_dashes_for_modes_not_run() {
         let second = Duration::from_secs(1);
-        let cell = |samples| Cell { payload: 64, concurrency: 1, samples };
+        let cell = |samples| Cell { payload: 64, concurrency: 1, samples, grpc_hop_p50_us: None };
         let mut out = String::new();
         typed_report(
             &mut out,
             &[cell(vec![sample(Mode::Gateway, 1, 10, second, 1000), sample(Mode::Typed, 1, 10, second, 1100)])],
         );
         assert!(out.contains("| 64 B | 1 | 10 | 10 | - | 1.00 | - | 100 | 110 | - | 1.10 | - | - |"), "{out}");
+    }
+
+    #[test]
+    fn the_gateway_is_measured_against_the_raw_amqp_clients_cpu_and_the_added_median_is_split() {
+        let second = Duration::from_secs(1);
+        // Gateway: 1,000 calls at 60 µs each; raw-amqp: loadgen spends 40 µs
+        // per call. Latencies: 1 ms for every call of either (see `sample`).
+        let mut raw = sample(Mode::RawAmqp, 1, 1000, second, 0);
+        raw.loadgen_cpu = Duration::from_micros(40_000);
+        let cell = Cell {
+            payload: 64,
+            concurrency: 1,
+            samples: vec![sample(Mode::Gateway, 1, 1000, second, 60_000), raw],
+            grpc_hop_p50_us: Some(120.0),
+        };
+        assert!((cell.gateway_cpu_over_client().unwrap() - 1.5).abs() < 1e-9);
+        let targets = targets(std::slice::from_ref(&cell), None, None);
+        assert!(
+            targets.iter().all(|t| t.what != "gateway CPU per call over the raw-amqp client's, 64 B, concurrency 64"
+                || t.verdict() == "SKIP"),
+            "measured at concurrency 1 only"
+        );
+        let mut out = String::new();
+        cpu_report(&mut out, std::slice::from_ref(&cell));
+        assert!(out.contains("| 64 B | 1 | gateway | 60 | 0 | - | 0 | 1.50 |"), "{out}");
+        assert!(out.contains("| 64 B | 1 | raw-amqp | - | 0 | - | 40 |  |"), "{out}");
+        // Equal medians: nothing added, and the split says so.
+        assert!(out.contains("the gateway adds 0 µs over raw-amqp") && out.contains("takes 120 µs"), "{out}");
     }
 }
