@@ -156,6 +156,11 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_CHANNELS", default_value_t = 2)]
     pub channels: usize,
 
+    /// Threads running calls: 1 runs every call on one thread, which costs
+    /// the least CPU per call; 0 (the default) one per core.
+    #[arg(long, env = "GATEWAY_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

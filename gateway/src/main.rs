@@ -6,9 +6,22 @@ use gateway::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if threads > 1 {
+                builder.worker_threads(threads);
+            }
+            builder
+        }
+    };
+    runtime.enable_all().build().context("cannot start the async runtime")?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if args.probe {
         return probe(args.listen).await;
     }

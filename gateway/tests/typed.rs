@@ -416,6 +416,8 @@ async fn the_binary_is_configured_from_the_environment_and_counts_calls_per_meth
         ("GATEWAY_SERVICE", "shop.v1.Shop"),
         ("GATEWAY_METHOD_ROUTE", methods.as_str()),
         ("GATEWAY_TRANSCODE_JSON", "shop.v1.Shop/PlaceOrder"),
+        // One thread for every call (a current-thread runtime).
+        ("GATEWAY_WORKER_THREADS", "1"),
     ];
     let gateway = Process::spawn("gateway", &[], &env);
     testkit::load::logged(&gateway, "connected to the broker").await;
