@@ -4,26 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use testkit::{Process, load::logged};
 use tokio::process::Command;
 
 const READY: Duration = Duration::from_secs(20);
-
-/// Runs `grpcurl -plaintext FLAGS ADDR COMMAND`; returns (success, stdout + stderr).
-async fn grpcurl(addr: SocketAddr, flags: &[&str], command: &[&str]) -> (bool, String) {
-    let output = Command::new(testkit::grpcurl())
-        .arg("-plaintext")
-        .args(flags)
-        .arg(addr.to_string())
-        .args(command)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
-}
 
 #[tokio::test]
 async fn grpcurl_lists_describes_calls_and_checks_health() {
@@ -42,12 +28,16 @@ async fn grpcurl_lists_describes_calls_and_checks_health() {
 
     // Health, as load balancers and orchestrators ask for it.
     testkit::eventually("health SERVING", READY, || async move {
-        let (ok, out) =
-            grpcurl(addr, &["-d", r#"{"service":"gateway.v1.Gateway"}"#], &["grpc.health.v1.Health/Check"]).await;
+        let (ok, out) = testkit::grpcurl_plaintext(
+            addr,
+            &["-d", r#"{"service":"gateway.v1.Gateway"}"#],
+            &["grpc.health.v1.Health/Check"],
+        )
+        .await;
         ok && out.contains("\"SERVING\"")
     })
     .await;
-    let (ok, out) = grpcurl(addr, &[], &["grpc.health.v1.Health/Check"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &[], &["grpc.health.v1.Health/Check"]).await;
     assert!(ok && out.contains("\"SERVING\""), "{out}");
     // The same check as a container health check runs it.
     let probe = Command::new(testkit::bin("gateway")).args(["--probe", "--listen", &listen]).output().await.unwrap();
@@ -57,7 +47,7 @@ async fn grpcurl_lists_describes_calls_and_checks_health() {
     assert!(!probe.status.success(), "probing a closed port must fail");
 
     // Discovery through reflection, with the proto's comments.
-    let (ok, out) = grpcurl(addr, &[], &["list"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &[], &["list"]).await;
     assert!(ok, "{out}");
     for service in ["gateway.v1.Gateway", "grpc.health.v1.Health"] {
         assert!(out.lines().any(|l| l.trim() == service), "{service} missing from:\n{out}");
@@ -65,26 +55,28 @@ async fn grpcurl_lists_describes_calls_and_checks_health() {
     // grpcurl lists the reflection version it speaks (v1alpha before 1.9, v1
     // after); both are served, see `e2e::reflection_v1_and_v1alpha`.
     assert!(out.lines().any(|l| l.trim().starts_with("grpc.reflection.v1")), "{out}");
-    let (ok, out) = grpcurl(addr, &[], &["describe", "gateway.v1.Gateway"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &[], &["describe", "gateway.v1.Gateway"]).await;
     assert!(
         ok && out.contains("rpc Process ( .gateway.v1.ProcessRequest ) returns ( .gateway.v1.ProcessResponse )"),
         "{out}"
     );
     assert!(out.contains("Process publishes one request"), "comments must reach grpcurl:\n{out}");
-    let (ok, out) = grpcurl(addr, &[], &["describe", "gateway.v1.ProcessRequest"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &[], &["describe", "gateway.v1.ProcessRequest"]).await;
     assert!(ok && out.contains("string route = 1;") && out.contains("Worker pool to call"), "{out}");
 
     // A call, exactly as the README shows it ("aGVsbG8=" is "hello").
     let body = format!(r#"{{"route":"{route}","payload":"aGVsbG8=","content_type":"text/plain"}}"#);
-    let (ok, out) = grpcurl(addr, &["-d", &body], &["gateway.v1.Gateway/Process"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &["-d", &body], &["gateway.v1.Gateway/Process"]).await;
     assert!(ok, "{out}");
     assert!(out.contains(r#""payload": "aGVsbG8=""#) && out.contains(r#""contentType": "text/plain""#), "{out}");
     assert!(out.contains(r#""correlationId": ""#), "{out}");
     // The default route.
-    let (ok, out) = grpcurl(addr, &["-d", r#"{"payload":"aGk="}"#], &["gateway.v1.Gateway/Process"]).await;
+    let (ok, out) =
+        testkit::grpcurl_plaintext(addr, &["-d", r#"{"payload":"aGk="}"#], &["gateway.v1.Gateway/Process"]).await;
     assert!(ok && out.contains(r#""payload": "aGk=""#), "{out}");
     // A refused call shows its code.
-    let (ok, out) = grpcurl(addr, &["-d", r#"{"route":"not-allowed"}"#], &["gateway.v1.Gateway/Process"]).await;
+    let (ok, out) =
+        testkit::grpcurl_plaintext(addr, &["-d", r#"{"route":"not-allowed"}"#], &["gateway.v1.Gateway/Process"]).await;
     assert!(!ok && out.contains("Code: InvalidArgument"), "{out}");
 
     // Graceful stop, and no credential in any log line.
@@ -133,9 +125,10 @@ async fn configured_secrets_never_reach_the_logs() {
     logged(&gateway, "connected to the broker").await;
     let body = format!(r#"{{"route":"{route}","payload":"aGk="}}"#);
     let auth = format!("authorization: Bearer {token}");
-    let (ok, out) = grpcurl(addr, &["-H", &auth, "-d", &body], &["gateway.v1.Gateway/Process"]).await;
+    let (ok, out) =
+        testkit::grpcurl_plaintext(addr, &["-H", &auth, "-d", &body], &["gateway.v1.Gateway/Process"]).await;
     assert!(ok, "{out}");
-    let (ok, out) = grpcurl(
+    let (ok, out) = testkit::grpcurl_plaintext(
         addr,
         &["-H", "authorization: Bearer wrong-token-0123456789", "-d", &body],
         &["gateway.v1.Gateway/Process"],

@@ -5,9 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use amqp_gateway::pb::{ProcessRequest, gateway_client::GatewayClient};
+use amqp_gateway::pb::{ProcessRequest, ProcessResponse, gateway_client::GatewayClient};
 use testkit::{
     Process,
     load::{gateway, logged, worker},
@@ -188,29 +188,38 @@ async fn calls_without_trace_context_start_a_trace_at_the_gateway_and_spans_flus
     .await;
 }
 
-#[tokio::test]
-async fn a_python_pika_worker_reads_the_trace_context() {
-    let collector = OtlpCollector::start().await;
+/// The Python pika worker (`tests/support/pika_worker.py`) on a route of its
+/// own, behind a gateway process started with `env` (and `AMQP_URL`): the
+/// worker echoes what it read of the request's headers.
+async fn pika_behind_a_gateway(prefix: &str, env: &[(&str, &str)]) -> (Process, Process, SocketAddr, String) {
     let url = testkit::amqp_url();
-    let route = testkit::unique("pika");
+    let route = testkit::unique(prefix);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pika_worker.py");
     let pika = Process::spawn_program(&testkit::python(), &[script, &url, &route], &[]);
     logged(&pika, "consuming").await;
-
-    let endpoint = collector.endpoint();
-    let env = [
-        ("AMQP_URL", url.as_str()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
+    let mut env = env.to_vec();
+    env.push(("AMQP_URL", &url));
     let addr = testkit::free_addr();
     let gateway = Process::spawn("gateway", &["--listen", &addr.to_string(), "--routes", &route], &env);
     logged(&gateway, "connected to the broker").await;
+    (pika, gateway, addr, route)
+}
+
+/// What the pika worker read, from its reply.
+fn seen_by_pika(response: tonic::Response<ProcessResponse>) -> HashMap<String, serde_json::Value> {
+    serde_json::from_slice(&response.into_inner().payload).unwrap()
+}
+
+#[tokio::test]
+async fn a_python_pika_worker_reads_the_trace_context() {
+    let collector = OtlpCollector::start().await;
+    let endpoint = collector.endpoint();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let (_pika, _gateway, addr, route) = pika_behind_a_gateway("pika", &env).await;
 
     let (trace_id, caller_span) = caller_context();
     let response = client(addr).await.process(traced(&route, "from rust", &trace_id, &caller_span)).await.unwrap();
-    let seen: std::collections::HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&response.into_inner().payload).unwrap();
+    let seen = seen_by_pika(response);
 
     // What pika decoded: a W3C traceparent in the caller's trace, whose parent
     // is the gateway's producer span, and the deadline as an integer.
@@ -278,21 +287,12 @@ async fn metrics_count_calls_by_route_and_code() {
 
 #[tokio::test]
 async fn without_export_the_gateway_still_starts_and_passes_on_a_trace() {
-    let url = testkit::amqp_url();
-    let route = testkit::unique("pika-noexport");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pika_worker.py");
-    let pika = Process::spawn_program(&testkit::python(), &[script, &url, &route], &[]);
-    logged(&pika, "consuming").await;
-    let addr = testkit::free_addr();
-    let gateway =
-        Process::spawn("gateway", &["--listen", &addr.to_string(), "--routes", &route], &[("AMQP_URL", &url)]);
-    logged(&gateway, "connected to the broker").await;
+    let (_pika, _gateway, addr, route) = pika_behind_a_gateway("pika-noexport", &[]).await;
 
     // No traceparent from the caller, no OTLP endpoint on the gateway.
     let request = ProcessRequest { route: route.clone(), ..ProcessRequest::default() };
     let response = client(addr).await.process(request).await.unwrap();
-    let seen: std::collections::HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&response.into_inner().payload).unwrap();
+    let seen = seen_by_pika(response);
     let traceparent = seen["traceparent"].as_str().unwrap_or_else(|| panic!("no traceparent: {seen:?}"));
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert!(parts.len() == 4 && parts[1].len() == 32 && parts[1] != "0".repeat(32), "{traceparent}");
@@ -306,8 +306,7 @@ async fn without_export_the_gateway_still_starts_and_passes_on_a_trace() {
     request.metadata_mut().insert("tracestate", "vendor=abc".parse().unwrap());
     request.metadata_mut().insert("baggage", "tenant=acme".parse().unwrap());
     let response = client(addr).await.process(request).await.unwrap();
-    let seen: std::collections::HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&response.into_inner().payload).unwrap();
+    let seen = seen_by_pika(response);
     assert_eq!(seen["traceparent"], format!("00-{trace_id}-{caller_span}-01"), "{seen:?}");
     assert_eq!((&seen["tracestate"], &seen["baggage"]), (&"vendor=abc".into(), &"tenant=acme".into()));
 }
@@ -315,28 +314,16 @@ async fn without_export_the_gateway_still_starts_and_passes_on_a_trace() {
 #[tokio::test]
 async fn unsampled_calls_make_no_spans_and_pass_their_decision_on() {
     let collector = OtlpCollector::start().await;
-    let url = testkit::amqp_url();
-    let route = testkit::unique("pika-sampled");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pika_worker.py");
-    let pika = Process::spawn_program(&testkit::python(), &[script, &url, &route], &[]);
-    logged(&pika, "consuming").await;
     let endpoint = collector.endpoint();
     let env = [
-        ("AMQP_URL", url.as_str()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         // New traces are never sampled; callers' decisions are followed.
         ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
         ("OTEL_TRACES_SAMPLER_ARG", "0"),
     ];
-    let addr = testkit::free_addr();
-    let gateway = Process::spawn("gateway", &["--listen", &addr.to_string(), "--routes", &route], &env);
-    logged(&gateway, "connected to the broker").await;
-    let seen = |response: tonic::Response<amqp_gateway::pb::ProcessResponse>| {
-        let seen: std::collections::HashMap<String, serde_json::Value> =
-            serde_json::from_slice(&response.into_inner().payload).unwrap();
-        seen["traceparent"].as_str().unwrap().to_owned()
-    };
+    let (_pika, _gateway, addr, route) = pika_behind_a_gateway("pika-sampled", &env).await;
+    let seen = |response| seen_by_pika(response)["traceparent"].as_str().unwrap().to_owned();
 
     let unsampled = ProcessRequest { route: route.clone(), ..ProcessRequest::default() };
     let traceparent = seen(client(addr).await.process(unsampled).await.unwrap());

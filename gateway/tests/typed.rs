@@ -35,7 +35,6 @@ use lapin::{
 use prost::Message;
 use serde_json::json;
 use testkit::Process;
-use tokio::process::Command;
 use tonic::{Code, Status, transport::Channel};
 
 // The test API's messages, as prost would generate them.
@@ -353,20 +352,6 @@ fn with_token<T>(token: Option<&str>, message: T) -> tonic::Request<T> {
     request
 }
 
-/// Runs `grpcurl -plaintext FLAGS ADDR COMMAND`; returns (success, output).
-async fn grpcurl(addr: std::net::SocketAddr, flags: &[&str], command: &[&str]) -> (bool, String) {
-    let output = Command::new(testkit::grpcurl())
-        .arg("-plaintext")
-        .args(flags)
-        .arg(addr.to_string())
-        .args(command)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
-}
-
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls_the_users_services() {
     let api = Api::new();
@@ -375,7 +360,7 @@ async fn grpcurl_lists_describes_and_calls_the_users_services() {
     let gateway = TestGateway::start(&[&process_route], &api.flags(&[])).await;
     let addr = gateway.addr;
 
-    let (ok, out) = grpcurl(addr, &[], &["list"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &[], &["list"]).await;
     assert!(ok, "{out}");
     for served in ["shop.v1.Shop", "gateway.v1.Gateway", "grpc.health.v1.Health"] {
         assert!(out.lines().any(|l| l == served), "{served} must be listed:\n{out}");
@@ -383,18 +368,20 @@ async fn grpcurl_lists_describes_and_calls_the_users_services() {
     for unserved in ["shop.v1.Feed", "shop.v1.Backoffice"] {
         assert!(!out.contains(unserved), "{unserved} is in the file but not served:\n{out}");
     }
-    let (ok, out) = grpcurl(addr, &[], &["describe", "shop.v1.Shop"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &[], &["describe", "shop.v1.Shop"]).await;
     assert!(ok && out.contains("GetItem looks an item up by its SKU."), "comments must reach grpcurl:\n{out}");
-    let (ok, out) = grpcurl(addr, &[], &["describe", "shop.v1.Item"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &[], &["describe", "shop.v1.Item"]).await;
     assert!(ok && out.contains("Its price, in cents.") && out.contains(".google.protobuf.Timestamp"), "{out}");
 
     // A JSON call with no proto file on the caller's side.
-    let (ok, out) = grpcurl(addr, &["-d", r#"{"sku": "tea"}"#], &["shop.v1.Shop/GetItem"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &["-d", r#"{"sku": "tea"}"#], &["shop.v1.Shop/GetItem"]).await;
     assert!(ok, "{out}");
     let item: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(item, json!({"sku": "tea"}));
 
-    let (ok, out) = grpcurl(addr, &["-d", r#"{"service": "shop.v1.Shop"}"#], &["grpc.health.v1.Health/Check"]).await;
+    let (ok, out) =
+        testkit::grpcurl_plaintext(addr, &["-d", r#"{"service": "shop.v1.Shop"}"#], &["grpc.health.v1.Health/Check"])
+            .await;
     assert!(ok && out.contains("SERVING"), "{out}");
 }
 
@@ -425,7 +412,7 @@ async fn the_binary_is_configured_from_the_environment_and_counts_calls_per_meth
     assert!(log.contains("serving typed method") && log.contains(&api.get_route), "{log}");
     assert!(log.contains("encoding=Json") && log.contains("encoding=Protobuf"), "{log}");
 
-    let (ok, out) = grpcurl(addr, &["-d", r#"{"sku": "tea"}"#], &["shop.v1.Shop/GetItem"]).await;
+    let (ok, out) = testkit::grpcurl_plaintext(addr, &["-d", r#"{"sku": "tea"}"#], &["shop.v1.Shop/GetItem"]).await;
     assert!(ok && out.contains("\"tea\""), "{out}");
     let scraped = testkit::scrape::metrics(metrics).await;
     let series = format!("gateway_calls_total{{route=\"{}\",code=\"OK\"}}", api.get_route);

@@ -109,6 +109,21 @@ pub fn grpcurl() -> PathBuf {
     })
 }
 
+/// Runs `grpcurl -plaintext FLAGS ADDR COMMAND`; returns whether it
+/// succeeded, and its stdout and stderr together.
+pub async fn grpcurl_plaintext(addr: std::net::SocketAddr, flags: &[&str], command: &[&str]) -> (bool, String) {
+    let output = Command::new(grpcurl())
+        .arg("-plaintext")
+        .args(flags)
+        .arg(addr.to_string())
+        .args(command)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
 /// The Python interpreter for the tests' Python helpers: `PYTHON` (the test
 /// command points it at `.tools/venv`, where it installed their packages),
 /// else `python3`.
