@@ -154,8 +154,6 @@ pub enum Encoding {
 /// One served method.
 #[derive(Clone)]
 pub struct Method {
-    /// Its gRPC path, `/package.Service/Method`.
-    pub path: String,
     /// Its full name, `package.Service/Method`: the `x-grpc-method` header.
     pub name: String,
     /// The route (routing key) its requests are published with.
@@ -201,9 +199,9 @@ impl Apis {
         self.services.is_empty()
     }
 
-    /// Every method's route, with the method.
-    pub fn routes(&self) -> impl Iterator<Item = (&str, &Method)> {
-        self.methods.values().map(|m| (m.route.as_str(), m.as_ref()))
+    /// Every method's route.
+    pub fn routes(&self) -> impl Iterator<Item = &str> {
+        self.methods.values().map(|m| m.route.as_str())
     }
 }
 
@@ -272,17 +270,9 @@ impl ApiArgs {
             if let Some(first) = by_route.insert(route.clone(), name.clone()) {
                 return Err(ApiError::SameRoute { route, first, second: name.clone() });
             }
-            let path = format!("/{name}");
             let encoding = if json.contains(name) { Encoding::Json } else { Encoding::Protobuf };
-            let method = Method {
-                path: path.clone(),
-                name: name.clone(),
-                route,
-                input: method.input(),
-                output: method.output(),
-                encoding,
-            };
-            methods.insert(path, Arc::new(method));
+            let method = Method { name: name.clone(), route, input: method.input(), output: method.output(), encoding };
+            methods.insert(format!("/{name}"), Arc::new(method));
         }
         let uncommented = services
             .iter()

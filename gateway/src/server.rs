@@ -106,7 +106,7 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let calls = Calls::new(client.clone(), config.limits.clone(), abort.clone());
     let policy =
         DeadlinePolicy { default_timeout: config.limits.default_timeout, max_timeout: config.limits.max_timeout };
-    let routes = config.limits.routes.iter().map(String::as_str).chain(apis.routes().map(|(route, _)| route));
+    let routes = config.limits.routes.iter().map(String::as_str).chain(apis.routes());
     let context = RequestContextLayer::new(policy, Arc::new(ProcessMetrics::new(routes)), config.tracing);
     // Shedding first: an overloaded gateway refuses a call before spending
     // anything on it. The size layer answers an oversized request from its

@@ -172,16 +172,7 @@ async fn handle(
     let mut metadata = tonic::metadata::MetadataMap::new();
     reply_metadata(&reply.headers, &mut metadata);
     let Reply { payload, content_type, .. } = reply;
-    let body = match method.encoding {
-        Encoding::Json if payload.len() > INLINE_TRANSCODE_MAX => {
-            let method = served.method.clone();
-            let output = method.output.full_name().to_owned();
-            tokio::task::spawn_blocking(move || response_body(&method, content_type.as_deref(), payload))
-                .await
-                .unwrap_or_else(|e| Err(GatewayError::ReplyDoesNotFit { message_type: output, reason: e.to_string() }))
-        }
-        _ => response_body(method, content_type.as_deref(), payload),
-    };
+    let body = response_body(method, content_type.as_deref(), payload).await;
     let body = body.inspect_err(|_| calls.client().stats().count(BrokerEvent::ReplyDoesNotFit))?;
     Ok(tonic::Response::from_parts(metadata, body, tonic::Extensions::default()))
 }
@@ -201,7 +192,7 @@ async fn off_thread<T: Send + 'static>(
 /// The response message of a successful reply: its bytes as they are, or
 /// its JSON transcoded. A reply whose content type says it is in the other
 /// encoding does not fit.
-fn response_body(method: &Method, content_type: Option<&str>, payload: Vec<u8>) -> Result<Bytes, GatewayError> {
+async fn response_body(method: &Method, content_type: Option<&str>, payload: Vec<u8>) -> Result<Bytes, GatewayError> {
     let does_not_fit =
         |reason: String| GatewayError::ReplyDoesNotFit { message_type: method.output.full_name().to_owned(), reason };
     let content_type = content_type.map(essence);
@@ -218,7 +209,13 @@ fn response_body(method: &Method, content_type: Option<&str>, payload: Vec<u8>) 
             wire::PROTOBUF,
             method.name
         ))),
-        Encoding::Json => transcode::reply_from_json(&method.output, &payload).map(Bytes::from).map_err(does_not_fit),
+        Encoding::Json => {
+            let output = method.output.clone();
+            off_thread(payload.len(), move || transcode::reply_from_json(&output, &payload))
+                .await
+                .map(Bytes::from)
+                .map_err(does_not_fit)
+        }
     }
 }
 
@@ -357,14 +354,7 @@ mod tests {
         };
         let pool = prost_reflect::DescriptorPool::from_file_descriptor_set(set).unwrap();
         let item = pool.get_message_by_name("t.v1.Item").unwrap();
-        Method {
-            path: "/t.v1.T/Get".into(),
-            name: "t.v1.T/Get".into(),
-            route: "t".into(),
-            input: item.clone(),
-            output: item,
-            encoding,
-        }
+        Method { name: "t.v1.T/Get".into(), route: "t".into(), input: item.clone(), output: item, encoding }
     }
 
     fn headers() -> BTreeMap<String, String> {
@@ -389,24 +379,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn passthrough_returns_the_bytes_unless_they_are_json() {
+    #[tokio::test]
+    async fn passthrough_returns_the_bytes_unless_they_are_json() {
         let protobuf = method(Encoding::Protobuf);
         for content_type in [None, Some(wire::PROTOBUF), Some("application/octet-stream")] {
-            assert_eq!(&response_body(&protobuf, content_type, b"\x0a\x01x".to_vec()).unwrap()[..], b"\x0a\x01x");
+            assert_eq!(&response_body(&protobuf, content_type, b"\x0a\x01x".to_vec()).await.unwrap()[..], b"\x0a\x01x");
         }
-        let error = not_fitting(response_body(&protobuf, Some("application/json; charset=utf-8"), b"{}".to_vec()));
+        let error =
+            not_fitting(response_body(&protobuf, Some("application/json; charset=utf-8"), b"{}".to_vec()).await);
         assert!(error.contains("--transcode-json") && error.contains("t.v1.Item"), "{error}");
     }
 
-    #[test]
-    fn transcoded_replies_are_parsed_into_the_response_type() {
+    #[tokio::test]
+    async fn transcoded_replies_are_parsed_into_the_response_type() {
         let json = method(Encoding::Json);
-        assert_eq!(&response_body(&json, None, br#"{"id":"x"}"#.to_vec()).unwrap()[..], b"\x0a\x01x");
-        assert_eq!(&response_body(&json, Some(wire::JSON), br#"{"id":"x"}"#.to_vec()).unwrap()[..], b"\x0a\x01x");
-        let error = not_fitting(response_body(&json, None, br#"{"id":"x","extra":1}"#.to_vec()));
+        assert_eq!(&response_body(&json, None, br#"{"id":"x"}"#.to_vec()).await.unwrap()[..], b"\x0a\x01x");
+        assert_eq!(&response_body(&json, Some(wire::JSON), br#"{"id":"x"}"#.to_vec()).await.unwrap()[..], b"\x0a\x01x");
+        let error = not_fitting(response_body(&json, None, br#"{"id":"x","extra":1}"#.to_vec()).await);
         assert!(error.starts_with("the worker's reply does not fit t.v1.Item: ") && error.contains("extra"), "{error}");
-        let error = not_fitting(response_body(&json, Some(wire::PROTOBUF), b"\x0a\x01x".to_vec()));
+        let error = not_fitting(response_body(&json, Some(wire::PROTOBUF), b"\x0a\x01x".to_vec()).await);
         assert!(error.contains("transcoded to JSON"), "{error}");
     }
 
