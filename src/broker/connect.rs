@@ -110,10 +110,11 @@ impl Broker {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let uri: AMQPUri = url.expose().parse().map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = OwnedTLSConfig { identity: None, cert_chain: self.ca_pem.clone() };
-        let connect = async move |uri: AMQPUri, runtime: async_rs::Runtime<async_rs::Tokio>| {
-            Ok(transport::connect(uri, tls.clone(), runtime).await?)
+        let tokio = async_rs::Runtime::tokio_current();
+        let connect = async move |uri: AMQPUri, _: async_rs::Runtime<transport::Guarded>| {
+            Ok(transport::connect(uri, tls.clone(), &tokio).await?)
         };
-        Connection::connector(uri, async_rs::Runtime::tokio_current(), connect, properties).await
+        Connection::connector(uri, transport::Guarded::current(), connect, properties).await
     }
 }
 

@@ -1,65 +1,115 @@
 //! The byte stream lapin reads from: the broker's TCP (or TLS) stream with the
 //! [frame guard](super::guard) between it and lapin's parser.
 //!
-//! lapin lets a program bring its own transport (`Connection::connector`), but
-//! only as the runtime's own TCP stream type, and async-rs keeps the trait a
-//! runtime would need to offer another stream type private. So the guard sits
-//! on a short pipe instead: lapin gets one end of a Unix socket pair (wrapped
-//! as the tokio TCP stream type it expects: reads and writes are all it does
-//! with it), and a task copies between the other end and the real broker
-//! connection, sending everything the broker says through [`GuardedStream`].
-//! The broker connection itself is made by lapin's own TCP and TLS code
-//! (system roots or the configured CA, exactly as before), so TLS is
-//! decrypted below the guard and the guard sees AMQP frames.
+//! lapin lets a program bring its own transport (`Connection::connector`), as
+//! the stream type of the async-rs runtime kit it runs on. So lapin runs on
+//! [`Guarded`]: tokio's kit in every respect (its tasks, timers and reactor)
+//! except that its stream type is [`GuardedStream`] around the connection
+//! lapin's own TCP and TLS code makes (system roots or the configured CA,
+//! exactly as without the guard). TLS is decrypted below the guard, so the
+//! guard sees AMQP frames; lapin's I/O thread reads through the guard itself,
+//! with no task, thread or socket in between.
 //!
-//! Cost: one more copy through the socket pair in each direction; body frames
-//! are passed through without being looked at, only content header frames
-//! (small) are buffered whole. The pump task ends when either side closes:
-//! lapin dropping its end closes the broker connection, and the broker
-//! closing closes lapin's end.
+//! Cost: the guard reads the broker's bytes into its own buffer and copies
+//! them into lapin's; body frames go straight into lapin's buffer, only
+//! content header frames (small) are buffered whole.
 
 use std::{
-    io,
+    io::{self, Read, Write},
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd},
     pin::Pin,
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
-use async_rs::{Runtime, Tokio, traits::Reactor};
+use async_rs::{
+    Runtime, Tokio,
+    traits::{Executor, Reactor, RuntimeKit},
+    util::Task,
+};
+use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 use lapin::{
     tcp::{AMQPUriTcpExt, AsyncTcpStream, OwnedTLSConfig},
     uri::AMQPUri,
 };
-use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tracing::Instrument;
 
 use super::guard::{self, FRAME_HEADER_LEN, Verdict};
 
-/// The stream type lapin's tokio runtime works with.
-type Stream = AsyncTcpStream<<Tokio as Reactor>::TcpStream>;
+/// The broker connection as tokio's kit makes it: TCP, or TLS over TCP.
+type BrokerStream = AsyncTcpStream<<Tokio as Reactor>::TcpStream>;
 
-/// Buffer size of each direction of the pump.
-const PUMP_BUFFER: usize = 64 * 1024;
+/// What lapin reads and writes: the broker connection behind the guard.
+pub(crate) type LapinStream = GuardedStream<BrokerStream>;
 
-/// Connects to the broker at `uri` and returns lapin's end of the guarded
-/// pipe. Must run inside a tokio runtime (lapin's connector runs it so).
-pub(crate) async fn connect(uri: AMQPUri, tls: OwnedTLSConfig, runtime: Runtime<Tokio>) -> io::Result<Stream> {
-    let broker = uri.connect_with_config_async(tls.as_ref(), &runtime).await?;
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-    ours.set_nonblocking(true)?;
-    theirs.set_nonblocking(true)?;
-    let mut ours = tokio::net::UnixStream::from_std(ours)?;
-    // A Unix socket behind the TCP stream type: lapin only reads and writes it.
-    let theirs = tokio::net::TcpStream::from_std(std::net::TcpStream::from(std::os::fd::OwnedFd::from(theirs)))?;
-    let mut broker = GuardedStream::new(broker).compat();
-    let pump = async move {
-        match tokio::io::copy_bidirectional_with_sizes(&mut ours, &mut broker, PUMP_BUFFER, PUMP_BUFFER).await {
-            Ok((sent, received)) => tracing::debug!(sent, received, "broker connection closed"),
-            Err(error) => tracing::debug!(%error, "broker connection ended"),
-        }
-    };
-    tokio::spawn(pump.instrument(tracing::debug_span!("broker_pipe")));
-    Ok(AsyncTcpStream::Plain(async_compat::Compat::new(theirs)))
+/// lapin's runtime kit: tokio's, with [`LapinStream`] as its TCP stream type.
+#[derive(Clone, Debug)]
+pub(crate) struct Guarded(Tokio);
+
+impl Guarded {
+    /// The kit of the tokio runtime this is called in.
+    pub(crate) fn current() -> Runtime<Self> {
+        Runtime::new(Self(Tokio::current()))
+    }
+}
+
+/// Connects to the broker at `uri` with tokio's kit and returns the guarded
+/// stream lapin is to use. Must run inside a tokio runtime (lapin's connector
+/// runs it so).
+pub(crate) async fn connect(
+    uri: AMQPUri,
+    tls: OwnedTLSConfig,
+    tokio: &Runtime<Tokio>,
+) -> io::Result<AsyncTcpStream<LapinStream>> {
+    let broker = uri.connect_with_config_async(tls.as_ref(), tokio).await?;
+    // `Plain`: any TLS is inside, below the guard.
+    Ok(AsyncTcpStream::Plain(GuardedStream::new(broker)))
+}
+
+impl RuntimeKit for Guarded {}
+
+impl Executor for Guarded {
+    type Task<T: Send + 'static> = <Tokio as Executor>::Task<T>;
+
+    fn block_on<T, F: Future<Output = T>>(&self, f: F) -> T {
+        self.0.block_on(f)
+    }
+
+    fn spawn<T: Send + 'static, F: Future<Output = T> + Send + 'static>(&self, f: F) -> Task<Self::Task<T>> {
+        self.0.spawn(f)
+    }
+
+    fn spawn_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(&self, f: F) -> Task<Self::Task<T>> {
+        self.0.spawn_blocking(f)
+    }
+}
+
+impl Reactor for Guarded {
+    type TcpStream = LapinStream;
+    type Sleep = <Tokio as Reactor>::Sleep;
+
+    // async-rs bounds `H` by a trait of a private module that is exactly
+    // `AsFd + AsRawFd`; those are what it stands for.
+    fn register<H: Read + Write + AsFd + AsRawFd + Send + 'static>(
+        &self,
+        socket: H,
+    ) -> io::Result<impl AsyncRead + AsyncWrite + Send + Unpin + 'static> {
+        self.0.register(socket)
+    }
+
+    fn sleep(&self, dur: Duration) -> Self::Sleep {
+        self.0.sleep(dur)
+    }
+
+    fn interval(&self, dur: Duration) -> impl Stream<Item = Instant> + Send + 'static {
+        self.0.interval(dur)
+    }
+
+    fn tcp_connect_addr(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
+        let connect = self.0.tcp_connect_addr(addr);
+        async move { Ok(GuardedStream::new(AsyncTcpStream::Plain(connect.await?))) }
+    }
 }
 
 /// Frames larger than this are passed through unchecked. No broker sends
