@@ -210,7 +210,7 @@ impl RawCaller {
             .map_err(unavailable)?;
         // Without confirm mode this resolves at once to `NotRequested`. A
         // confirm dropped unresolved at the deadline stays in lapin until the
-        // channel closes (the gateway hands such confirms to a task): a few
+        // channel closes (the gateway's channel task awaits every confirm): a few
         // bytes each, for a process that lives one run.
         match confirm.await.map_err(unavailable)? {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}

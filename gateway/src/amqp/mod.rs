@@ -5,7 +5,8 @@
 //!   under publisher confirms, with the contract's properties and headers),
 //!   waits for the reply matched by correlation id and returns it decoded as a
 //!   [`Reply`].
-//! - `session`: the connection, its publisher channels and the reply tasks.
+//! - `session`: the connection, its publisher channels and their tasks,
+//!   which publish the requests and match the replies.
 //! - `pending`: the table of requests waiting for replies.
 //! - `supervise` (below): keeps one session alive, reconnecting with capped,
 //!   jittered exponential backoff, and publishes whether the broker is
@@ -20,11 +21,7 @@ mod session;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    future::Future,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
 };
 
 use amqp_gateway::{
@@ -33,8 +30,7 @@ use amqp_gateway::{
 };
 use bytes::Bytes;
 use lapin::{
-    BasicProperties, Confirmation, PublisherConfirm,
-    options::BasicPublishOptions,
+    BasicProperties,
     types::{FieldTable, ShortString},
 };
 use opentelemetry::trace::TraceContextExt;
@@ -116,7 +112,7 @@ pub struct Reply {
     pub headers: BTreeMap<String, String>,
 }
 
-/// A reply as it came off the wire, before decoding: what the reply task
+/// A reply as it came off the wire, before decoding: what the channel's task
 /// hands to the waiting request.
 #[derive(Debug)]
 pub(crate) struct Delivered {
@@ -176,7 +172,6 @@ pub struct MethodTag {
 pub struct AmqpClient {
     session: watch::Receiver<Option<Arc<BrokerSession>>>,
     node: watch::Receiver<Option<String>>,
-    exchange: ShortString,
     stats: Arc<Stats>,
 }
 
@@ -188,12 +183,11 @@ impl AmqpClient {
         let (session_tx, session) = watch::channel(None);
         let (node_tx, node) = watch::channel(None);
         let stats = Arc::new(Stats::default());
-        let exchange = ShortString::from(config.exchange.clone());
         let current = Current { session: session_tx, node: node_tx, nodes: config.broker.nodes().to_vec() };
         current.set(None);
         let supervisor = supervise(config, current, stats.clone(), shutdown, tracker.clone());
         tracker.spawn(supervisor.instrument(tracing::info_span!("amqp")));
-        Self { session, node, exchange, stats }
+        Self { session, node, stats }
     }
 
     /// Publishes `request` and waits for its reply. The caller bounds the
@@ -246,12 +240,17 @@ impl AmqpClient {
             return Err(RoundTripError::ConnectionLost);
         }
 
-        // Boxed, and gone once the broker confirms: publishing is the largest
-        // state of a request (lapin's publish and confirm futures, the request
-        // itself), and a request spends nearly all its life waiting for the
-        // reply, where it holds only the guard and the receiver. With 10,000
-        // requests in flight that is most of the gateway's memory.
-        Box::pin(self.publish(&slot, request, span)).await?;
+        // The channel's task publishes the request and awaits the broker's
+        // confirm; a refusal comes back here through the pending table, like
+        // a reply. The call itself holds only the guard and the receiver.
+        let id = ShortString::from(correlation_id.hyphenated().to_string());
+        let properties = request_properties(&request, id, span);
+        slot.publish(session::Publish {
+            id: correlation_id,
+            route: request.route,
+            payload: request.payload,
+            properties,
+        })?;
 
         // The sender is dropped only by `fail_all`, which sends first; a closed
         // channel therefore means the session went away.
@@ -260,56 +259,6 @@ impl AmqpClient {
             received(&delivered, correlation_id);
         }
         Ok(delivered.decode())
-    }
-
-    /// Publishes `request` on `slot`'s channel and waits for the broker's
-    /// confirm.
-    async fn publish(
-        &self,
-        slot: &session::Slot,
-        request: AmqpRequest,
-        span: &tracing::Span,
-    ) -> Result<(), RoundTripError> {
-        let id = ShortString::from(request.correlation_id.hyphenated().to_string());
-        let properties = request_properties(&request, id.clone(), span);
-        let confirm = slot
-            .channel
-            .basic_publish(
-                self.exchange.clone(),
-                request.route.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                &request.payload,
-                properties,
-            )
-            .await
-            .map_err(|e| RoundTripError::Publish(Arc::new(e)))?;
-
-        match (ConfirmGuard(Some(confirm))).await {
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
-                slot.accepted();
-                Ok(())
-            }
-            Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                self.stats.count(BrokerEvent::Unroutable);
-                // Attribute the return by its correlation id, not by which
-                // confirm it came with: confirms may be coalesced by the broker.
-                let returned_id = returned.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
-                if returned_id.as_deref() == Some(id.as_str()) {
-                    return Err(RoundTripError::Unroutable { route: request.route });
-                }
-                let unroutable = RoundTripError::Unroutable { route: returned.routing_key.to_string() };
-                if let Some(other) = returned_id.and_then(|s| Uuid::try_parse(&s).ok()) {
-                    slot.pending.complete(&other, Err(unroutable));
-                }
-                Ok(())
-            }
-            Ok(Confirmation::Nack(None)) => {
-                self.stats.count(BrokerEvent::Nack);
-                slot.refused();
-                Err(RoundTripError::Nacked)
-            }
-            Err(e) => Err(RoundTripError::Publish(Arc::new(e))),
-        }
     }
 
     /// Whether a broker session is up.
@@ -375,39 +324,6 @@ fn request_properties(request: &AmqpRequest, id: ShortString, span: &tracing::Sp
     match &request.method {
         Some(tag) => properties.with_type(tag.message_type.clone()),
         None => properties,
-    }
-}
-
-/// Awaits a publisher confirm; if dropped first (the caller cancelled), hands
-/// the confirm to a task that awaits it. lapin keeps every confirm dropped
-/// unresolved until `wait_for_confirms` runs, which this gateway never calls,
-/// so dropping them would grow memory with every cancelled request.
-struct ConfirmGuard(Option<PublisherConfirm>);
-
-impl Future for ConfirmGuard {
-    type Output = lapin::Result<Confirmation>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(confirm) = self.0.as_mut() else {
-            return Poll::Pending;
-        };
-        let result = Pin::new(confirm).poll(cx);
-        if result.is_ready() {
-            self.0 = None;
-        }
-        result
-    }
-}
-
-impl Drop for ConfirmGuard {
-    fn drop(&mut self) {
-        if let (Some(confirm), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(async move {
-                // The broker confirms in well under a second, or the channel
-                // fails and resolves the confirm with an error.
-                let _ = tokio::time::timeout(Duration::from_secs(60), confirm).await;
-            });
-        }
     }
 }
 

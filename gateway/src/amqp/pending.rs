@@ -9,7 +9,7 @@
 //!
 //! The lock is a plain mutex held only for a hash-map operation, never across
 //! an `.await`; with one table per channel it is contended only by that
-//! channel's reply task and the calls publishing on it.
+//! channel's task and the calls waiting on it.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -69,6 +69,11 @@ impl PendingTable {
             let _ = tx.send(Err(error()));
         }
         n
+    }
+
+    /// Whether a call waits for `id`.
+    pub(crate) fn is_waiting(&self, id: &Uuid) -> bool {
+        self.entries.lock().contains_key(id)
     }
 
     fn remove(&self, id: &Uuid) -> Option<Waiter> {

@@ -4,10 +4,20 @@
 //! as a whole when its connection fails. Each channel is in confirm mode and
 //! consumes RabbitMQ Direct Reply-to (`amq.rabbitmq.reply-to`), so replies need
 //! no queue, nothing is shared between gateway instances, and a reply comes
-//! back on the channel that published its request. Each channel's reply task
-//! (here) is where a reply is matched to its call; when the broker closes that
-//! channel alone, the task fails the channel's waiting calls and reopens it on
-//! the same connection.
+//! back on the channel that published its request.
+//!
+//! Each channel has one task (here) that does all of its AMQP work: it
+//! publishes the requests calls hand it ([`Slot::publish`]), awaits lapin's
+//! write and the broker's confirm for each, and matches each reply to its
+//! call. A call therefore waits for one thing only, its outcome in the
+//! [pending table](super::pending): the reply, or why there will be none
+//! (returned, nacked, publish failed, channel lost). lapin wakes whoever
+//! awaits a publish from its own I/O thread, once when the frames are
+//! written and once when the broker confirms; here those wake-ups land on
+//! one task per channel, where many come together under load, instead of
+//! waking every call twice. When the broker closes the channel alone, the
+//! task fails the channel's waiting calls and reopens it on the same
+//! connection.
 
 use std::sync::{
     Arc,
@@ -18,14 +28,16 @@ use amqp_gateway::{
     broker::{self, ConnectError, Connected, Reconnect, StepError, bounded},
     wire,
 };
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
-    Channel, Connection, Consumer,
+    BasicProperties, Channel, Confirmation, Connection, Consumer,
     message::Delivery,
-    options::{ConfirmSelectOptions, ExchangeDeclareOptions},
-    types::FieldTable,
+    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    types::{FieldTable, ShortString},
 };
 use parking_lot::RwLock;
+use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -44,6 +56,20 @@ pub(crate) struct Slot {
     accepted_any: AtomicBool,
     /// Publishes the broker refused (nacked) while it took none.
     refused: AtomicUsize,
+    /// Requests for this channel's task to publish.
+    requests: mpsc::UnboundedSender<Publish>,
+}
+
+/// A request for a channel's task to publish ([`Slot::publish`]): built by
+/// the call, which then waits for its outcome in the pending table.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    /// The call's correlation id, its key in the pending table.
+    pub(crate) id: Uuid,
+    /// Routing key.
+    pub(crate) route: String,
+    pub(crate) payload: Bytes,
+    pub(crate) properties: BasicProperties,
 }
 
 /// Refused publishes after which a channel that never had one accepted is
@@ -60,6 +86,14 @@ pub(crate) struct Slot {
 const REFUSED_LIMIT: usize = 16;
 
 impl Slot {
+    /// Hands a request to the channel's task to publish. The call must be in
+    /// the pending table already: that is where a refusal reaches it, and a
+    /// request whose call has left it by the time its turn comes is not
+    /// published at all.
+    pub(crate) fn publish(&self, request: Publish) -> Result<(), RoundTripError> {
+        self.requests.send(request).map_err(|_| RoundTripError::ConnectionLost)
+    }
+
     /// True once the channel has failed; its waiting calls are failed too.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
@@ -119,24 +153,33 @@ pub(crate) enum OpenError {
     Step { node: String, error: StepError },
 }
 
+/// An open publisher channel's slot, with what its task works from.
+struct Opened {
+    slot: Arc<Slot>,
+    consumer: Consumer,
+    requests: mpsc::UnboundedReceiver<Publish>,
+}
+
 /// Opens one publisher channel: confirm mode, consuming Direct Reply-to.
-async fn open_slot(connection: &Connection) -> Result<(Arc<Slot>, Consumer), StepError> {
+async fn open_slot(connection: &Connection) -> Result<Opened, StepError> {
     let channel = bounded(connection.create_channel()).await?;
     bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
     let consumer = bounded(wire::consume_replies(&channel)).await?;
+    let (sender, requests) = mpsc::unbounded_channel();
     let slot = Slot {
         channel,
         pending: Arc::new(PendingTable::default()),
         closed: CancellationToken::new(),
         accepted_any: AtomicBool::new(false),
         refused: AtomicUsize::new(0),
+        requests: sender,
     };
-    Ok((Arc::new(slot), consumer))
+    Ok(Opened { slot: Arc::new(slot), consumer, requests })
 }
 
 impl BrokerSession {
     /// Connects, opens `config.channels` publisher channels and starts their
-    /// reply tasks on `tracker`.
+    /// tasks on `tracker`.
     pub(crate) async fn open(
         config: &AmqpConfig,
         stats: &Arc<Stats>,
@@ -162,17 +205,19 @@ impl BrokerSession {
         }
 
         let mut slots = Vec::with_capacity(config.channels);
-        let mut consumers = Vec::with_capacity(config.channels);
+        let mut opened = Vec::with_capacity(config.channels);
         for _ in 0..config.channels {
-            let (slot, consumer) = open_slot(&connection).await.map_err(on_node)?;
-            slots.push(RwLock::new(slot));
-            consumers.push(consumer);
+            let slot = open_slot(&connection).await.map_err(on_node)?;
+            slots.push(RwLock::new(slot.slot.clone()));
+            opened.push(slot);
         }
         let session =
             Arc::new(Self { connection, node, slots, next: AtomicUsize::new(0), lost: CancellationToken::new() });
-        for (index, consumer) in consumers.into_iter().enumerate() {
-            let task = serve_slot(session.clone(), index, consumer, stats.clone(), config.max_reply_bytes);
-            tracker.spawn(task.instrument(tracing::info_span!("replies", channel = index)));
+        let exchange = ShortString::from(config.exchange.clone());
+        for (index, slot) in opened.into_iter().enumerate() {
+            let task =
+                serve_slot(session.clone(), index, slot, exchange.clone(), stats.clone(), config.max_reply_bytes);
+            tracker.spawn(task.instrument(tracing::info_span!("channel", channel = index)));
         }
         tracker.spawn(watch_connection(session.clone()).instrument(tracing::info_span!("connection-events")));
         Ok(session)
@@ -221,28 +266,30 @@ impl BrokerSession {
     }
 }
 
-/// Serves one channel slot for the life of the session: matches replies to
-/// their calls, and when the broker closes the channel while the connection
-/// stays up, fails the channel's waiting calls (their replies cannot arrive)
-/// and reopens it. A failed connection ends the session instead.
+/// Serves one channel slot for the life of the session: publishes its
+/// requests and matches replies to their calls, and when the broker closes
+/// the channel while the connection stays up, fails the channel's waiting
+/// calls (their replies cannot arrive) and reopens it. A failed connection
+/// ends the session instead.
 async fn serve_slot(
     session: Arc<BrokerSession>,
     index: usize,
-    mut consumer: Consumer,
+    mut opened: Opened,
+    exchange: ShortString,
     stats: Arc<Stats>,
     max_reply: usize,
 ) {
-    let mut slot = session.slots[index].read().clone();
     loop {
-        let reason = route_replies(&mut consumer, &slot.pending, &stats, max_reply, &session.lost).await;
+        let slot = opened.slot.clone();
+        let reason = serve_channel(&mut opened, &exchange, &stats, max_reply, &session.lost).await;
         slot.closed.cancel();
         let failed = slot.pending.fail_all(|| RoundTripError::ConnectionLost);
         if session.is_lost() {
             return;
         }
-        tracing::warn!(%reason, failed, "reply channel closed; reopening it");
+        tracing::warn!(%reason, failed, "channel closed; reopening it");
         let mut reopen = Reconnect::new();
-        (slot, consumer) = loop {
+        opened = loop {
             if !session.connection.status().connected() {
                 session.lost.cancel();
                 return;
@@ -258,32 +305,90 @@ async fn serve_slot(
                 }
             }
         };
-        *session.slots[index].write() = slot.clone();
+        *session.slots[index].write() = opened.slot.clone();
         stats.count(BrokerEvent::ChannelRecovered);
-        tracing::info!("reply channel reopened");
+        tracing::info!("channel reopened");
     }
 }
 
-/// Matches replies to their calls until the consumer ends or the session is
-/// lost; returns why it stopped.
-async fn route_replies(
-    consumer: &mut Consumer,
-    pending: &PendingTable,
+/// Publishes the channel's requests and matches replies to their calls until
+/// the consumer ends or the session is lost; returns why it stopped.
+/// Publishes still unconfirmed then are dropped with the channel; their calls
+/// are failed by the caller.
+async fn serve_channel(
+    opened: &mut Opened,
+    exchange: &ShortString,
     stats: &Stats,
     max_reply: usize,
     lost: &CancellationToken,
 ) -> String {
+    let Opened { slot, consumer, requests } = opened;
+    let slot = &**slot;
+    let mut publishing = FuturesUnordered::new();
     loop {
-        let delivery = tokio::select! {
-            delivery = consumer.next() => delivery,
+        tokio::select! {
+            biased;
             () = lost.cancelled() => return "session lost".into(),
-        };
-        match delivery {
-            Some(Ok(delivery)) => dispatch(delivery, pending, stats, max_reply),
-            Some(Err(error)) => return error.to_string(),
-            None => return "the reply consumer ended".into(),
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => dispatch(delivery, &slot.pending, stats, max_reply),
+                Some(Err(error)) => return error.to_string(),
+                None => return "the reply consumer ended".into(),
+            },
+            Some((id, route, outcome)) = publishing.next(), if !publishing.is_empty() => {
+                settle(slot, stats, id, route, outcome);
+            }
+            Some(request) = requests.recv() => {
+                // A call that already ended (deadline, cancelled, failed)
+                // is not published: no worker is to spend time on it.
+                if slot.pending.is_waiting(&request.id) {
+                    publishing.push(publish(&slot.channel, exchange, request));
+                }
+            }
         }
     }
+}
+
+/// Publishes one request and awaits the broker's confirm.
+async fn publish(
+    channel: &Channel,
+    exchange: &ShortString,
+    request: Publish,
+) -> (Uuid, String, lapin::Result<Confirmation>) {
+    let Publish { id, route, payload, properties } = request;
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let outcome =
+        match channel.basic_publish(exchange.clone(), route.as_str().into(), options, &payload, properties).await {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        };
+    (id, route, outcome)
+}
+
+/// Acts on the broker's answer to a publish: a refused, returned or failed
+/// publish fails its call (a returned one by the correlation id it carries,
+/// since the broker may coalesce confirms).
+fn settle(slot: &Slot, stats: &Stats, id: Uuid, route: String, outcome: lapin::Result<Confirmation>) {
+    let (id, error) = match outcome {
+        Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
+            slot.accepted();
+            return;
+        }
+        Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
+            stats.count(BrokerEvent::Unroutable);
+            let returned_id =
+                returned.properties.correlation_id().as_ref().and_then(|s| Uuid::try_parse(s.as_str()).ok());
+            let Some(returned_id) = returned_id else { return };
+            let route = if returned_id == id { route } else { returned.routing_key.to_string() };
+            (returned_id, RoundTripError::Unroutable { route })
+        }
+        Ok(Confirmation::Nack(None)) => {
+            stats.count(BrokerEvent::Nack);
+            slot.refused();
+            (id, RoundTripError::Nacked)
+        }
+        Err(error) => (id, RoundTripError::Publish(Arc::new(error))),
+    };
+    slot.pending.complete(&id, Err(error));
 }
 
 fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply: usize) {
@@ -328,9 +433,9 @@ fn dispatch(delivery: Delivery, pending: &PendingTable, stats: &Stats, max_reply
     }
 }
 
-/// Marks the session lost on a connection error, in case no reply task
+/// Marks the session lost on a connection error, in case no channel task
 /// notices first. lapin reports channel errors as events too: those leave the
-/// connection up and are the reply tasks' to handle.
+/// connection up and are the channel tasks' to handle.
 async fn watch_connection(session: Arc<BrokerSession>) {
     let mut events = std::pin::pin!(session.connection.events_listener());
     loop {
