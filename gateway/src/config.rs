@@ -156,8 +156,11 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_CHANNELS", default_value_t = 2)]
     pub channels: usize,
 
-    /// Threads running calls: 1 runs every call on one thread, which costs
-    /// the least CPU per call; 0 (the default) one per core.
+    /// Threads running calls. 0 (the default): one fewer than the cores,
+    /// and at least one, since lapin's I/O thread (publishing, confirms and
+    /// replies) is busy in proportion to the calls and needs a core of its
+    /// own under load. 1 runs every call on one thread, which costs the
+    /// least CPU per call.
     #[arg(long, env = "GATEWAY_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
 

@@ -8,13 +8,15 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut runtime = match args.worker_threads {
+    let threads = match args.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1).max(1)),
+        threads => threads,
+    };
+    let mut runtime = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         threads => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if threads > 1 {
-                builder.worker_threads(threads);
-            }
+            builder.worker_threads(threads);
             builder
         }
     };
