@@ -333,6 +333,15 @@ pub struct Limits {
 }
 
 impl Args {
+    /// Threads the runtime runs calls on, on a machine with `cores` cores
+    /// (see `--worker-threads`); 1 means a current-thread runtime.
+    pub fn runtime_threads(&self, cores: usize) -> usize {
+        match self.worker_threads {
+            0 => cores.saturating_sub(1).max(1),
+            threads => threads,
+        }
+    }
+
     /// Checks the flags and builds the configuration.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let broker = self.broker.into_broker()?;
@@ -433,6 +442,14 @@ mod tests {
         let mut argv = vec!["gateway", "--amqp-url", "amqp://user:s3cret@broker:5672/%2f", "--routes", "echo,jobs"];
         argv.extend_from_slice(extra);
         Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn worker_threads_leave_a_core_to_lapin_by_default() {
+        let default = args(&[]);
+        assert_eq!([1, 2, 4, 16].map(|cores| default.runtime_threads(cores)), [1, 1, 3, 15]);
+        assert_eq!(args(&["--worker-threads", "4"]).runtime_threads(2), 4, "explicit counts are kept");
+        assert_eq!(args(&["--worker-threads", "1"]).runtime_threads(16), 1);
     }
 
     #[test]
