@@ -8,11 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let threads = match args.worker_threads {
-        0 => std::thread::available_parallelism().map_or(1, |cores| cores.get().saturating_sub(1).max(1)),
-        threads => threads,
-    };
-    let mut runtime = match threads {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut runtime = match args.runtime_threads(cores) {
         1 => tokio::runtime::Builder::new_current_thread(),
         threads => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -28,9 +25,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return probe(args.listen).await;
     }
     let telemetry = otel::init("gateway", args.log_format, "info", otel::Spans::WhenExported).context("telemetry")?;
+    let result = serve(args, telemetry.policy()).await;
+    // Not by drop: on a current-thread runtime (the default on two cores) a
+    // blocking flush would starve the exporter's own connection.
+    telemetry.shutdown().await;
+    result
+}
+
+/// Runs the gateway until a signal, then drains it.
+async fn serve(args: Args, tracing: otel::w3c::TracePolicy) -> anyhow::Result<()> {
     let metrics_listen = args.metrics_listen;
     let mut config = args.into_config().context("invalid configuration")?;
-    config.tracing = telemetry.policy();
+    config.tracing = tracing;
     if let Some(addr) = metrics_listen {
         otel::serve_prometheus(addr)?;
         tracing::info!(%addr, "serving Prometheus metrics");

@@ -124,6 +124,23 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Flushes and stops the span exporter, as dropping the guard does, but
+    /// without blocking the runtime's thread: the exporter's connection is
+    /// driven by the runtime, and on a current-thread runtime a flush that
+    /// blocks that thread waits for I/O nothing drives, until it times out
+    /// and the spans are lost. Call this at the end of `main`'s async body.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => eprintln!("telemetry: flushing spans failed: {error}"),
+                Err(error) => eprintln!("telemetry: flushing spans failed: {error}"),
+            }
+        }
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(Err(error)) = self.provider.take().map(|p| p.shutdown()) {
