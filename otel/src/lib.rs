@@ -108,7 +108,9 @@ pub enum Error {
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// Keeps telemetry alive; dropping it flushes and stops the span exporter.
+/// Keeps telemetry alive; dropping it flushes and stops the span exporter,
+/// blocking the thread that drops it. A program on a current-thread runtime
+/// calls `Guard::shutdown` instead, which does not block the runtime.
 #[must_use = "telemetry stops when the guard is dropped"]
 #[derive(Debug)]
 pub struct Guard {
