@@ -124,9 +124,7 @@ impl Guard {
     pub fn policy(&self) -> w3c::TracePolicy {
         self.policy
     }
-}
 
-impl Guard {
     /// Flushes and stops the span exporter, as dropping the guard does, but
     /// without blocking the runtime's thread: the exporter's connection is
     /// driven by the runtime, and on a current-thread runtime a flush that
@@ -135,8 +133,7 @@ impl Guard {
     pub async fn shutdown(mut self) {
         if let Some(provider) = self.provider.take() {
             match tokio::task::spawn_blocking(move || provider.shutdown()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => eprintln!("telemetry: flushing spans failed: {error}"),
+                Ok(result) => report_flush(result),
                 Err(error) => eprintln!("telemetry: flushing spans failed: {error}"),
             }
         }
@@ -145,10 +142,16 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(Err(error)) = self.provider.take().map(|p| p.shutdown()) {
-            // The subscriber may already be gone: stderr is all that is left.
-            eprintln!("telemetry: flushing spans failed: {error}");
+        if let Some(provider) = self.provider.take() {
+            report_flush(provider.shutdown());
         }
+    }
+}
+
+/// Reports a failed flush on stderr: the subscriber may already be gone.
+fn report_flush(result: opentelemetry_sdk::error::OTelSdkResult) {
+    if let Err(error) = result {
+        eprintln!("telemetry: flushing spans failed: {error}");
     }
 }
 

@@ -247,7 +247,7 @@ impl AmqpClient {
         let properties = request_properties(&request, id, span);
         slot.publish(session::Publish {
             id: correlation_id,
-            route: request.route,
+            route: request.route.into(),
             payload: request.payload,
             properties,
         })?;

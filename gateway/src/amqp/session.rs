@@ -67,7 +67,7 @@ pub(crate) struct Publish {
     /// The call's correlation id, its key in the pending table.
     pub(crate) id: Uuid,
     /// Routing key.
-    pub(crate) route: String,
+    pub(crate) route: ShortString,
     pub(crate) payload: Bytes,
     pub(crate) properties: BasicProperties,
 }
@@ -334,8 +334,8 @@ async fn serve_channel(
                 Some(Err(error)) => return error.to_string(),
                 None => return "the reply consumer ended".into(),
             },
-            Some((id, route, outcome)) = publishing.next(), if !publishing.is_empty() => {
-                settle(slot, stats, id, route, outcome);
+            Some((id, outcome)) = publishing.next(), if !publishing.is_empty() => {
+                settle(slot, stats, id, outcome);
             }
             Some(request) = requests.recv() => {
                 // A call that already ended (deadline, cancelled, failed)
@@ -349,25 +349,20 @@ async fn serve_channel(
 }
 
 /// Publishes one request and awaits the broker's confirm.
-async fn publish(
-    channel: &Channel,
-    exchange: &ShortString,
-    request: Publish,
-) -> (Uuid, String, lapin::Result<Confirmation>) {
+async fn publish(channel: &Channel, exchange: &ShortString, request: Publish) -> (Uuid, lapin::Result<Confirmation>) {
     let Publish { id, route, payload, properties } = request;
     let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-    let outcome =
-        match channel.basic_publish(exchange.clone(), route.as_str().into(), options, &payload, properties).await {
-            Ok(confirm) => confirm.await,
-            Err(error) => Err(error),
-        };
-    (id, route, outcome)
+    let outcome = match channel.basic_publish(exchange.clone(), route, options, &payload, properties).await {
+        Ok(confirm) => confirm.await,
+        Err(error) => Err(error),
+    };
+    (id, outcome)
 }
 
 /// Acts on the broker's answer to a publish: a refused, returned or failed
 /// publish fails its call (a returned one by the correlation id it carries,
 /// since the broker may coalesce confirms).
-fn settle(slot: &Slot, stats: &Stats, id: Uuid, route: String, outcome: lapin::Result<Confirmation>) {
+fn settle(slot: &Slot, stats: &Stats, id: Uuid, outcome: lapin::Result<Confirmation>) {
     let (id, error) = match outcome {
         Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
             slot.accepted();
@@ -378,8 +373,7 @@ fn settle(slot: &Slot, stats: &Stats, id: Uuid, route: String, outcome: lapin::R
             let returned_id =
                 returned.properties.correlation_id().as_ref().and_then(|s| Uuid::try_parse(s.as_str()).ok());
             let Some(returned_id) = returned_id else { return };
-            let route = if returned_id == id { route } else { returned.routing_key.to_string() };
-            (returned_id, RoundTripError::Unroutable { route })
+            (returned_id, RoundTripError::Unroutable { route: returned.routing_key.to_string() })
         }
         Ok(Confirmation::Nack(None)) => {
             stats.count(BrokerEvent::Nack);
