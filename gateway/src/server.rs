@@ -6,13 +6,19 @@
 //! [`spawn`] takes an already bound listener and a shutdown token, so tests
 //! bind port 0 and trigger shutdown themselves; the binary passes SIGTERM.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use amqp_gateway::{FILE_DESCRIPTOR_SET, SERVICE_NAME, pb::gateway_server::GatewayServer};
+use amqp_gateway::{FILE_DESCRIPTOR_SET, SERVICE_NAME};
+use futures::future::Either;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::service::Routes;
-use tower::Layer;
+use tonic::{body::Body, service::Routes};
+use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::{
@@ -24,10 +30,10 @@ use crate::{
     health,
     limit::InFlightLimitLayer,
     metrics::ProcessMetrics,
-    service::{Calls, GatewayService},
+    service::{Calls, PROCESS_PATH, ProcessService},
     size::{self, RequestSizeLayer},
     transport::{self, Settings},
-    typed::{Dispatch, TypedMethods},
+    typed::TypedMethods,
 };
 
 /// How long the AMQP connection may take to close after the drain.
@@ -69,6 +75,54 @@ impl Running {
     /// Waits until the gateway has shut down.
     pub async fn wait(self) -> Result<(), ServeError> {
         self.task.await?
+    }
+}
+
+/// Sends each request to its service by path: `Process`, a typed method of
+/// the user's services, or else the rest (health, reflection, and
+/// UNIMPLEMENTED for any other path).
+#[derive(Clone, Debug)]
+pub struct Dispatch<P, T, R> {
+    process: P,
+    typed: T,
+    /// `/package.Service/` of every user service.
+    prefixes: Arc<[String]>,
+    rest: R,
+}
+
+impl<P, T, R> Dispatch<P, T, R> {
+    /// Serves `Process` with `process`, the services of `apis` with `typed`
+    /// and the rest with `rest`.
+    pub fn new(apis: &crate::api::Apis, process: P, typed: T, rest: R) -> Self {
+        let prefixes = apis.services.iter().map(|s| format!("/{s}/")).collect();
+        Self { process, typed, prefixes, rest }
+    }
+}
+
+impl<P, T, R, B> Service<http::Request<B>> for Dispatch<P, T, R>
+where
+    P: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    T: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    R: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Either<P::Future, Either<T::Future, R::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        let ready = [self.process.poll_ready(cx), self.typed.poll_ready(cx), self.rest.poll_ready(cx)];
+        if ready.iter().all(Poll::is_ready) { Poll::Ready(Ok(())) } else { Poll::Pending }
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if path == PROCESS_PATH {
+            Either::Left(self.process.call(request))
+        } else if self.prefixes.iter().any(|prefix| path.starts_with(prefix.as_str())) {
+            Either::Right(Either::Left(self.typed.call(request)))
+        } else {
+            Either::Right(Either::Right(self.rest.call(request)))
+        }
     }
 }
 
@@ -116,17 +170,13 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     let max_payload = config.limits.max_payload_bytes;
     let size = RequestSizeLayer::new(max_payload);
     let message_limit = size::message_limit(max_payload);
-    let gateway = in_flight.layer(context.layer(
-        size.layer(GatewayServer::new(GatewayService::new(calls.clone())).max_decoding_message_size(message_limit)),
-    ));
+    let process = in_flight.layer(context.layer(size.layer(ProcessService::new(calls.clone(), message_limit))));
     let typed = in_flight.layer(context.layer(size.layer(TypedMethods::new(calls, apis, message_limit))));
 
-    let routes = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(gateway)
-        .prepare();
-    let routes = Dispatch::new(apis, typed, routes);
+    // Health and reflection through tonic's router; `Process` and the typed
+    // methods, every call's path, straight from the dispatch.
+    let routes = Routes::new(health_service).add_service(reflection_v1).add_service(reflection_v1alpha).prepare();
+    let routes = Dispatch::new(apis, process, typed, routes);
     // Authentication first: nothing else runs for a caller without a token.
     let routes = AuthLayer::new(config.tokens.clone(), config.open_probes).layer(routes);
     let settings = Settings { limits: config.connections.clone(), tls: config.tls.clone() };

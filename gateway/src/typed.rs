@@ -14,8 +14,8 @@
 //! route) is the `Process` contract, applied by the same layers and by the
 //! same [`Calls`].
 //!
-//! [`Dispatch`] sends the paths of the user's services here and every other
-//! path to the gateway's own services.
+//! [`Dispatch`](crate::server::Dispatch) sends the paths of the user's
+//! services here.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,11 +26,11 @@ use std::{
 
 use amqp_gateway::wire;
 use bytes::{Buf, BufMut, Bytes};
-use futures::future::{BoxFuture, Either};
+use futures::future::BoxFuture;
 use tonic::{
     Status,
     body::Body,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::{MetadataKey, MetadataValue},
     server::{Grpc, UnaryService},
 };
@@ -267,6 +267,10 @@ impl Encoder for RawCodec {
     type Item = Bytes;
     type Error = Status;
 
+    fn buffer_settings(&self) -> BufferSettings {
+        crate::service::buffers()
+    }
+
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.put(item);
         Ok(())
@@ -277,52 +281,12 @@ impl Decoder for RawCodec {
     type Item = Bytes;
     type Error = Status;
 
+    fn buffer_settings(&self) -> BufferSettings {
+        crate::service::buffers()
+    }
+
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// Sends the paths of the user's services to the typed methods and every
-/// other path to the gateway's own services.
-#[derive(Clone, Debug)]
-pub struct Dispatch<T, R> {
-    typed: T,
-    /// `/package.Service/` of every user service.
-    prefixes: Arc<[String]>,
-    rest: R,
-}
-
-impl<T, R> Dispatch<T, R> {
-    /// Serves the services of `apis` with `typed`, the rest with `rest`.
-    pub fn new(apis: &Apis, typed: T, rest: R) -> Self {
-        let prefixes = apis.services.iter().map(|s| format!("/{s}/")).collect();
-        Self { typed, prefixes, rest }
-    }
-}
-
-impl<T, R, B> Service<http::Request<B>> for Dispatch<T, R>
-where
-    T: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
-    R: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Either<T::Future, R::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        match (self.typed.poll_ready(cx), self.rest.poll_ready(cx)) {
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
-        }
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        if self.prefixes.iter().any(|prefix| path.starts_with(prefix.as_str())) {
-            Either::Left(self.typed.call(request))
-        } else {
-            Either::Right(self.rest.call(request))
-        }
     }
 }
 
