@@ -268,7 +268,10 @@ where
         };
         let mut buffer = Uuid::encode_buffer();
         let id = this.correlation_id.hyphenated().encode_lower(&mut buffer);
-        if let Ok(value) = HeaderValue::from_str(id) {
+        if let Ok(mut value) = HeaderValue::from_str(id) {
+            // Unique to the call: HPACK would add it to both ends' header
+            // tables only to evict it again (sensitive: never indexed).
+            value.set_sensitive(true);
             response.headers_mut().insert(CORRELATION_ID_METADATA, value);
         }
         let code = status_code(&response);

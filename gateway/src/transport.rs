@@ -107,7 +107,10 @@ pub(crate) async fn serve<S>(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buf_size(MAX_SEND_BUF)
         .keep_alive_interval(limits.keepalive_interval)
-        .keep_alive_timeout(limits.keepalive_timeout);
+        .keep_alive_timeout(limits.keepalive_timeout)
+        // gRPC has no use for a `date` on every response; hyper adds one
+        // unless told not to.
+        .auto_date_header(false);
     let tls = settings.tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
