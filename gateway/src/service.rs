@@ -288,7 +288,7 @@ mod tests {
 
     /// A service whose client never connects: the shutdown token is
     /// cancelled before the supervisor starts, so nothing touches a network.
-    fn unconnected_service() -> GatewayService {
+    fn unconnected_service() -> Process {
         let shutdown = CancellationToken::new();
         shutdown.cancel();
         let config = AmqpConfig {
@@ -307,28 +307,28 @@ mod tests {
             max_headers: 2,
             max_header_bytes: 16,
         };
-        GatewayService::new(Calls::new(client, limits, CancellationToken::new()))
+        Process(Calls::new(client, limits, CancellationToken::new()))
     }
 
     #[tokio::test]
     async fn served_without_its_layers_it_fails_closed() {
-        let service = unconnected_service();
+        let mut service = unconnected_service();
         let call = || Request::new(ProcessRequest { route: "echo".into(), ..Default::default() });
 
-        let status = service.process(call()).await.unwrap_err();
+        let status = service.call(call()).await.unwrap_err();
         assert_eq!(status.code(), Code::Internal, "no request context: {status:?}");
         assert!(!status.message().contains("context"), "internal detail leaked: {}", status.message());
 
         let mut without_caller = call();
         without_caller.extensions_mut().insert(context());
-        let status = service.process(without_caller).await.unwrap_err();
+        let status = service.call(without_caller).await.unwrap_err();
         assert_eq!(status.code(), Code::Internal, "no caller: {status:?}");
 
         // With both, the call gets as far as the broker, which is down.
         let mut complete = call();
         complete.extensions_mut().insert(context());
         complete.extensions_mut().insert(Caller::default());
-        let status = service.process(complete).await.unwrap_err();
+        let status = service.call(complete).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 }
