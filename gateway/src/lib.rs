@@ -6,7 +6,9 @@
 //! A call travels through these files, in order:
 //!
 //! - [`server`]: assembly. Health ([`health`]) and reflection, graceful shutdown, HTTP/2
-//!   serving (`transport`), and the layers around `Process`: [`limit::InFlightLimitLayer`]
+//!   serving (`transport`), the dispatch of each request by its path
+//!   ([`server::Dispatch`]: `Process`, a typed method, or tonic's router for
+//!   the rest), and the layers around `Process`: [`limit::InFlightLimitLayer`]
 //!   (load shedding), [`context::RequestContextLayer`] (the call's
 //!   [`deadline`] and correlation id, DEADLINE_EXCEEDED when it passes, and
 //!   the call's final status in its span and metrics) and
@@ -18,9 +20,9 @@
 //!   ([`validate`]) and its outcome is decided; and `Calls`, the round trip
 //!   every call makes.
 //! - [`typed`]: the users' own methods (`--service`), each a round trip to
-//!   its route: protobuf bytes passed through, or JSON (`transcode`); and
-//!   the dispatch that sends their paths there. [`api`] loads their
-//!   descriptor sets and checks the configuration at start-up.
+//!   its route: protobuf bytes passed through, or JSON (`transcode`).
+//!   [`api`] loads their descriptor sets and checks the configuration at
+//!   start-up.
 //! - [`amqp`]: where it is published and where its reply is matched (the
 //!   session, its channels, the pending table, reconnection).
 //! - [`error`]: every failure, and the one mapping to a gRPC status; the

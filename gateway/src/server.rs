@@ -209,3 +209,38 @@ pub fn spawn(config: Config, listener: TcpListener, shutdown: CancellationToken)
     );
     Ok(Running { client, in_flight, task })
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    /// A service that answers with its name in a header.
+    fn named(
+        name: &'static str,
+    ) -> impl Service<http::Request<()>, Response = http::Response<Body>, Error = Infallible, Future: Send> + Clone
+    {
+        service_fn(move |_: http::Request<()>| async move {
+            Ok::<_, Infallible>(http::Response::builder().header("served-by", name).body(Body::default()).unwrap())
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_are_dispatched_by_path() {
+        let apis = crate::api::Apis { services: vec!["shop.v1.Shop".into()], ..Default::default() };
+        let dispatch = Dispatch::new(&apis, named("process"), named("typed"), named("rest"));
+        for (path, expected) in [
+            (PROCESS_PATH, "process"),
+            ("/gateway.v1.Gateway/ProcessMore", "rest"),
+            ("/gateway.v1.Gateway/Other", "rest"),
+            ("/shop.v1.Shop/Get", "typed"),
+            ("/shop.v1.ShopX/Get", "rest"),
+            ("/grpc.health.v1.Health/Check", "rest"),
+        ] {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            let response = dispatch.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.headers()["served-by"], expected, "{path}");
+        }
+    }
+}
