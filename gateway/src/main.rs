@@ -6,6 +6,15 @@ use gateway::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc rather than glibc's malloc: about 4% less CPU per call under load
+/// (malloc and free were about a sixth of the runtime thread's time with
+/// glibc's), with the memory targets kept (10,000 calls in flight in 89 MB,
+/// RSS flat over a million calls; 3 MiB more at idle); see
+/// docs/performance.md. The binary only: the library leaves the choice to
+/// whoever embeds it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
