@@ -164,14 +164,30 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let process = Process(self.calls.clone());
-        let max_message = self.max_message;
-        Box::pin(async move {
-            // No compression (see `size`), as the generated server had it.
-            let mut grpc = Grpc::new(ProcessCodec).apply_max_message_size_config(Some(max_message), None);
-            Ok(grpc.unary(process, request).await)
-        })
+        Box::pin(unary(ProcessCodec, Process(self.calls.clone()), request, self.max_message))
     }
+}
+
+/// Serves one unary gRPC call with tonic's framing, as the gateway serves
+/// `Process` and the typed methods alike: no compression (see `size`), and
+/// request messages over `max_message` bytes refused (tonic's decode limit,
+/// behind [`RequestSizeLayer`](crate::size::RequestSizeLayer)'s).
+pub(crate) async fn unary<C, S, B>(
+    codec: C,
+    service: S,
+    request: http::Request<B>,
+    max_message: usize,
+) -> Result<http::Response<Body>, Infallible>
+where
+    C: Codec,
+    C::Encode: Send + 'static,
+    C::Decode: Send + 'static,
+    S: UnaryService<C::Decode, Response = C::Encode>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max_message), None);
+    Ok(grpc.unary(service, request).await)
 }
 
 /// One `Process` call.

@@ -32,7 +32,7 @@ use tonic::{
     body::Body,
     codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::{MetadataKey, MetadataValue},
-    server::{Grpc, UnaryService},
+    server::UnaryService,
 };
 use tower::Service;
 
@@ -105,13 +105,7 @@ where
             return Box::pin(async move { Ok(status.into_http()) });
         };
         let call = Call { calls: self.calls.clone(), served };
-        let max_message = self.max_message;
-        Box::pin(async move {
-            // No compression, as for `Process` (see `size`); the decode limit
-            // stays behind `RequestSizeLayer`'s.
-            let mut grpc = Grpc::new(RawCodec).apply_max_message_size_config(Some(max_message), None);
-            Ok(grpc.unary(call, request).await)
-        })
+        Box::pin(crate::service::unary(RawCodec, call, request, self.max_message))
     }
 }
 
