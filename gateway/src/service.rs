@@ -13,10 +13,9 @@
 //! deadline ([`RequestContext`]) and a [`Caller`], it answers INTERNAL rather
 //! than inventing a deadline or letting anyone call any route.
 
-use std::sync::Arc;
-
 use std::{
     convert::Infallible,
+    sync::Arc,
     task::{Context, Poll},
 };
 
